@@ -1,0 +1,5 @@
+"""`python -m agentpost` runs the CLI."""
+
+from agentpost.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The FastAPI application: routers, and the one place where errors become JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agentpost.api import domains, inboxes, keys, messages, threads, webhooks
+from agentpost.errors import AgentpostError, Invalid, RateLimited
+from agentpost.service.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, name: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"name": name, "message": message, **{k: v for k, v in extra.items() if v is not None}}
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = FastAPI(
+        title="agentpost",
+        version="0.1.0",
+        description="Email inboxes for AI agents (AgentMail v0 compatible).",
+    )
+    app.state.ctx = ctx
+    for module in (inboxes, messages, threads, domains, webhooks, keys):
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(AgentpostError)
+    async def agentpost_error(_: Request, exc: AgentpostError) -> JSONResponse:
+        response = _error(exc.status, exc.name, exc.message, fix=exc.fix)
+        if isinstance(exc, Invalid) and exc.errors:
+            response = _error(exc.status, exc.name, exc.message, errors=exc.errors, fix=exc.fix)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"path": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": str(err.get("msg", ""))}
+            for err in exc.errors()
+        ]
+        return _error(400, "ValidationError", "request is not valid", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "NotFoundError", 405: "MethodNotAllowedError"}
+        return _error(exc.status_code, names.get(exc.status_code, "HTTPError"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The trace goes to the log; the client learns nothing about internals.
+        log.error("unhandled error", exc_info=exc)
+        return _error(500, "InternalError", "internal error; the server log has details")
+
+    return app

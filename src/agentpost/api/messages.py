@@ -1,0 +1,66 @@
+"""/v0/inboxes/{inbox_id}/messages and the signed downloads they point to."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Response
+
+from agentpost import schemas
+from agentpost.api.deps import Ctx, Q, Who
+from agentpost.service import mail
+
+router = APIRouter(tags=["messages"])
+PREFIX = "/v0/inboxes/{inbox_id}/messages"
+
+
+@router.get(PREFIX, response_model=schemas.ListMessages, response_model_exclude_none=True)
+async def list_messages(ctx: Ctx, who: Who, inbox_id: str, q: Q) -> schemas.ListMessages:
+    return await mail.list_messages(ctx, who, inbox_id, q)
+
+
+@router.post(PREFIX + "/batch-get", response_model=schemas.BatchGetMessagesResponse, response_model_exclude_none=True)
+async def batch_get(
+    ctx: Ctx, who: Who, inbox_id: str, body: schemas.BatchGetMessages
+) -> schemas.BatchGetMessagesResponse:
+    return await mail.batch_get(ctx, who, inbox_id, body.message_ids)
+
+
+@router.get(PREFIX + "/{message_id}/raw", response_model=schemas.RawMessage)
+async def raw_message(ctx: Ctx, who: Who, inbox_id: str, message_id: str) -> schemas.RawMessage:
+    return await mail.raw_download(ctx, who, inbox_id, message_id)
+
+
+@router.get(
+    PREFIX + "/{message_id}/attachments/{attachment_id}",
+    response_model=schemas.AttachmentResponse,
+    response_model_exclude_none=True,
+)
+async def get_attachment(
+    ctx: Ctx, who: Who, inbox_id: str, message_id: str, attachment_id: str
+) -> schemas.AttachmentResponse:
+    return await mail.attachment(ctx, who, inbox_id, message_id, attachment_id)
+
+
+@router.get(PREFIX + "/{message_id}", response_model=schemas.Message, response_model_exclude_none=True)
+async def get_message(ctx: Ctx, who: Who, inbox_id: str, message_id: str) -> schemas.Message:
+    return await mail.get_message(ctx, who, inbox_id, message_id)
+
+
+@router.patch(PREFIX + "/{message_id}", response_model=schemas.UpdateMessageResponse)
+async def update_message(
+    ctx: Ctx, who: Who, inbox_id: str, message_id: str, body: schemas.UpdateLabels
+) -> schemas.UpdateMessageResponse:
+    return await mail.update_labels(ctx, who, inbox_id, message_id, body)
+
+
+@router.get("/v0/downloads/{token}", include_in_schema=False)
+async def download(ctx: Ctx, token: str) -> Response:
+    # The token is the credential (signed, expiring): links work in a browser or curl as is.
+    data, content_type, filename = await mail.download(ctx, token)
+    headers = {"x-content-type-options": "nosniff", "cache-control": "private, max-age=300"}
+    if filename:
+        headers["content-disposition"] = f"attachment; filename*=UTF-8''{quote(filename)}"
+    else:
+        headers["content-disposition"] = "attachment"
+    return Response(content=data, media_type=content_type, headers=headers)

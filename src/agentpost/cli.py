@@ -1,0 +1,246 @@
+"""The command line: init, serve, keys, domains, inboxes, status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentpost import config as config_module
+from agentpost import log as logsetup
+from agentpost import schemas
+from agentpost.config import Config, ConfigError, split_hostport
+from agentpost.errors import AgentpostError
+from agentpost.proto.address import AddressError, parse_address
+from agentpost.serve import build_context, ensure_tls
+from agentpost.service import domains as domain_service
+from agentpost.service import inboxes as inbox_service
+from agentpost.service import keys as key_service
+from agentpost.service.context import Context
+from agentpost.store.db import Database
+
+app = typer.Typer(help="agentpost: email inboxes for AI agents.", no_args_is_help=True, add_completion=False)
+key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+domain_app = typer.Typer(help="Hosted domains.", no_args_is_help=True)
+inbox_app = typer.Typer(help="Inboxes.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+app.add_typer(domain_app, name="domain")
+app.add_typer(inbox_app, name="inbox")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _config() -> Config:
+    try:
+        return config_module.load()
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _with_context(config: Config, action: Callable[[Context], Awaitable[T]]) -> T:
+    if not config.secret_key:
+        err.print("[red]no secret_key configured:[/red] run `agentpost init` first (or set AGENTPOST_SECRET_KEY)")
+        raise typer.Exit(2)
+
+    async def main() -> T:
+        db = Database(config.database_url)
+        try:
+            await db.migrate()
+            return await action(build_context(config, db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(main())
+    except AgentpostError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        if getattr(exc, "errors", None):
+            for item in exc.errors:  # type: ignore[attr-defined]
+                err.print(f"  {item.get('path')}: {item.get('message')}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def init(hostname: str = typer.Option("", help="Name used in SMTP greetings and Message-IDs.")) -> None:
+    """Write a commented config file and create the data directory (keeps an existing config)."""
+    env = os.environ
+    path = config_module.config_path(env)
+    data_dir = config_module.default_data_dir(env).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        err.print(f"config {path} exists; keeping it")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = config_module.TEMPLATE.format(
+            hostname=hostname or env.get("AGENTPOST_HOSTNAME") or "localhost",
+            data_dir=str(data_dir),
+            secret_key=secrets.token_urlsafe(32),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the secret key
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        err.print(f"wrote {path}")
+    config = _config()
+    cert, _ = ensure_tls(config)
+    err.print(f"TLS certificate: {cert}")
+
+    async def migrate(ctx: Context) -> None:
+        return None
+
+    _with_context(config, migrate)
+    err.print(f"data directory ready: {data_dir}")
+
+
+@app.command()
+def serve() -> None:
+    """Run the HTTP API, the MX listener and the workers in one process."""
+    from agentpost.serve import run
+
+    config = _config()
+    logsetup.setup(config.log_level)
+    if not config.secret_key:
+        err.print("[red]no secret_key configured:[/red] run `agentpost init` first (or set AGENTPOST_SECRET_KEY)")
+        raise typer.Exit(2)
+    try:
+        asyncio.run(run(config))
+    except OSError as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@key_app.command("create")
+def key_create(name: str = typer.Option("cli", help="A label for the key.")) -> None:
+    """Create an organisation API key and print it (only the key, on stdout)."""
+    created = _with_context(_config(), lambda ctx: key_service.bootstrap_key(ctx, name))
+    sys.stdout.write(created.api_key + "\n")
+
+
+@domain_app.command("add")
+def domain_add(name: str) -> None:
+    """Host a domain: mail to its inboxes is accepted by the MX."""
+
+    async def action(ctx: Context) -> schemas.Domain:
+        who = await key_service.operator(ctx)
+        domain, _ = await domain_service.add(ctx, who, schemas.CreateDomain(domain=name))
+        return domain
+
+    domain = _with_context(_config(), action)
+    out.print(f"domain [bold]{domain.domain}[/bold] ({domain.domain_id})")
+    _print_records(domain)
+    if domain.domain.count(".") < 2:
+        out.print(
+            "[yellow]tip:[/yellow] use a dedicated subdomain for agent mail (e.g. agents."
+            f"{domain.domain}) so the agents' sending reputation stays apart from your people's."
+        )
+
+
+def _print_records(domain: schemas.Domain) -> None:
+    table = Table(title="DNS records to publish")
+    for column in ("type", "name", "value", "priority", "status"):
+        table.add_column(column)
+    for r in domain.records:
+        table.add_row(r.type, r.name, r.value, str(r.priority or ""), r.status)
+    out.print(table)
+
+
+@inbox_app.command("create")
+def inbox_create(address: str, display_name: str = typer.Option("", help="Display name.")) -> None:
+    """Create an inbox at ADDRESS (its domain is added if it is not hosted yet)."""
+    try:
+        parsed = parse_address(address)
+    except AddressError as exc:
+        err.print(f"[red]invalid address:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    async def action(ctx: Context) -> schemas.Inbox:
+        who = await key_service.operator(ctx)
+        await domain_service.add(ctx, who, schemas.CreateDomain(domain=parsed.domain))
+        inbox, _ = await inbox_service.create(
+            ctx,
+            who,
+            schemas.CreateInbox(username=parsed.local_part, domain=parsed.domain, display_name=display_name or None),
+        )
+        return inbox
+
+    inbox = _with_context(_config(), action)
+    out.print(f"inbox [bold]{inbox.inbox_id}[/bold] created")
+
+
+@inbox_app.command("list")
+def inbox_list() -> None:
+    """List inboxes."""
+
+    async def action(ctx: Context) -> list[schemas.Inbox]:
+        who = await key_service.operator(ctx)
+        found: list[schemas.Inbox] = []
+        token = None
+        while True:
+            page = await inbox_service.list_(ctx, who, 1000, token)
+            found.extend(page.inboxes)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    inboxes = _with_context(_config(), action)
+    table = Table(title=f"{len(inboxes)} inboxes")
+    for column in ("inbox_id", "display name", "status", "created"):
+        table.add_column(column)
+    for i in inboxes:
+        table.add_row(
+            i.inbox_id, i.display_name or "", i.status or "active", i.created_at.isoformat(timespec="seconds")
+        )
+    out.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Configuration, listeners and store counts."""
+    config = _config()
+
+    async def action(ctx: Context) -> dict[str, int]:
+        from agentpost.store import stats
+
+        async with ctx.db.read() as conn:
+            return await stats.counts(conn)
+
+    counts = _with_context(config, action)
+    table = Table(title="agentpost status", show_header=False)
+    table.add_row("config", str(config_module.config_path(os.environ)))
+    table.add_row("data dir", str(Path(config.data_dir).resolve()))
+    table.add_row("database", "postgresql" if config.database.url.startswith("postgres") else "sqlite")
+    table.add_row("hostname", config.hostname)
+    for label, listen, default in (("http", config.http.listen, 8080), ("mx", config.mx.listen, 25)):
+        host, port = split_hostport(listen, default)
+        table.add_row(f"{label} {listen}", "listening" if _listening(host, port) else "not running")
+    for name, value in counts.items():
+        table.add_row(name, str(value))
+    out.print(table)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    app()

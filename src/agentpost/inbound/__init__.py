@@ -1,0 +1,1 @@
+"""Everything that arrives: connection and recipient checks, then the receive pipeline."""

@@ -1,0 +1,133 @@
+"""Decisions at CONNECT, MAIL and RCPT time: per-IP limits and recipient routing."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from agentpost.proto import codes
+from agentpost.proto.address import AddressError, parse_path
+from agentpost.proto.codes import Reply
+from agentpost.store import domains as domain_store
+from agentpost.store import inboxes as inbox_store
+from agentpost.store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one accepted recipient's copy goes."""
+
+    inbox_id: str
+    organization_id: str
+
+
+class RateLimiter:
+    """Per-IP concurrent connections and messages per minute, in process memory.
+
+    The MX of one process protects itself; cross-process limits for sending live in the store.
+    """
+
+    def __init__(self, max_connections: int, max_messages_per_minute: int) -> None:
+        self.max_connections = max_connections
+        self.max_messages = max_messages_per_minute
+        self._connections: dict[str, int] = {}
+        self._messages: dict[str, deque[float]] = {}
+
+    def connect(self, ip: str) -> Reply | None:
+        count = self._connections.get(ip, 0)
+        if count >= self.max_connections:
+            return codes.R421_TOO_MANY_CONNECTIONS
+        self._connections[ip] = count + 1
+        return None
+
+    def disconnect(self, ip: str) -> None:
+        count = self._connections.get(ip, 0) - 1
+        if count <= 0:
+            self._connections.pop(ip, None)
+        else:
+            self._connections[ip] = count
+
+    def message(self, ip: str, now: float | None = None) -> Reply | None:
+        now = time.monotonic() if now is None else now
+        window = self._messages.setdefault(ip, deque())
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= self.max_messages:
+            return codes.R450_RATE_LIMITED
+        window.append(now)
+        if len(self._messages) > 10000:  # bound memory under a wide scan
+            for key in [k for k, v in self._messages.items() if not v][:5000]:
+                del self._messages[key]
+        return None
+
+
+class Directory:
+    """Hosted domains and inboxes, cached briefly so RCPT does not query the store each time.
+
+    Entries expire after ``ttl`` seconds so inboxes created or deleted by another process (the
+    CLI, another node) are seen within that time; a miss always asks the store.
+    """
+
+    def __init__(self, db: Database, ttl: float = 5.0) -> None:
+        self.db = db
+        self.ttl = ttl
+        self._inboxes: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._domains: tuple[float, dict[str, str]] = (0.0, {})
+
+    def forget(self) -> None:
+        self._inboxes.clear()
+        self._domains = (0.0, {})
+
+    async def hosted_domains(self) -> dict[str, str]:
+        expires, value = self._domains
+        if time.monotonic() < expires:
+            return value
+        async with self.db.read() as conn:
+            value = await domain_store.hosted(conn)
+        self._domains = (time.monotonic() + self.ttl, value)
+        return value
+
+    async def inbox(self, address: str) -> tuple[str, str] | None:
+        """(organisation id, status) of the inbox at this address, or None."""
+        key = address.lower()
+        hit = self._inboxes.get(key)
+        if hit is not None and time.monotonic() < hit[0]:
+            return hit[1]
+        async with self.db.read() as conn:
+            row = await inbox_store.get_row(conn, key)
+        value = (row.organization_id, row.status) if row is not None else None
+        if len(self._inboxes) > 100_000:
+            self._inboxes.clear()
+        self._inboxes[key] = (time.monotonic() + self.ttl, value)
+        return value
+
+    async def route(self, rcpt: str) -> Route | Reply:
+        """RCPT TO decision (RFC 5321 §3.3): relay denied, no such user, or where it goes."""
+        try:
+            address = parse_path(rcpt)
+        except AddressError:
+            return codes.R501_SYNTAX_ADDRESS
+        if address is None:
+            return codes.R501_SYNTAX_ADDRESS
+        domains = await self.hosted_domains()
+        if address.domain not in domains:
+            # Never relay: we are the final destination only for hosted domains.
+            domains = await self._refresh_domains_on_miss(address.domain)
+            if address.domain not in domains:
+                return codes.R550_RELAY_DENIED
+        found = await self.inbox(address.key)
+        if found is None:
+            return codes.R550_NO_SUCH_USER
+        organization_id, status = found
+        if status == "paused":
+            return codes.R550_INBOX_PAUSED
+        return Route(address.key, organization_id)
+
+    async def _refresh_domains_on_miss(self, domain: str) -> dict[str, str]:
+        # A domain added a moment ago by another process: look once more, at most every second.
+        expires, value = self._domains
+        if time.monotonic() > expires - self.ttl + 1.0:
+            self._domains = (0.0, value)
+            return await self.hosted_domains()
+        return value

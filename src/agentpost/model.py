@@ -1,0 +1,57 @@
+"""Core values shared by every layer: ids, clock, the SMTP envelope, label names."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str = "") -> str:
+    """A time-ordered, 128-bit random id (ULID layout: 48-bit ms time + 80 random bits).
+
+    Ordering ids orders rows by creation time, so cursor pagination can key on the id alone.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Envelope:
+    """The SMTP envelope of one received message (RFC 5321 §2.3.1)."""
+
+    mail_from: str  # "" for the null reverse-path
+    rcpt_to: list[str]
+    helo: str = ""
+    client_ip: str = ""
+    client_port: int = 0
+    tls: str = ""  # negotiated TLS version, "" when plaintext
+    received_at: datetime = field(default_factory=utcnow)
+
+
+# System labels (AgentMail semantics); "spam", "blocked", "unauthenticated" and "trash" are hidden
+# from default listings unless the caller asks for them.
+LABEL_RECEIVED = "received"
+LABEL_SENT = "sent"
+LABEL_UNREAD = "unread"
+LABEL_SPAM = "spam"
+LABEL_BLOCKED = "blocked"
+LABEL_UNAUTHENTICATED = "unauthenticated"
+LABEL_TRASH = "trash"
+LABEL_AUTO_REPLY = "auto-reply"
+LABEL_BOUNCE = "bounce"
+LABEL_REPORT = "report"
+LABEL_BULK = "bulk"
+HIDDEN_LABELS = (LABEL_SPAM, LABEL_BLOCKED, LABEL_UNAUTHENTICATED, LABEL_TRASH)
+SYSTEM_LABELS = frozenset({LABEL_RECEIVED, LABEL_SENT, LABEL_AUTO_REPLY, LABEL_BOUNCE, LABEL_REPORT})

@@ -1,0 +1,1 @@
+"""Clients and transports for the outside world; each ships its fake."""

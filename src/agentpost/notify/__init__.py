@@ -1,0 +1,1 @@
+"""The committed event log fanned out: webhook deliveries and live wake-ups."""

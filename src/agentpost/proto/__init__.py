@@ -1,0 +1,1 @@
+"""Pure RFC code: bytes in, values out."""

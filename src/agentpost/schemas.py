@@ -1,0 +1,338 @@
+"""Wire models of the HTTP API (AgentMail v0 shapes plus agentpost extensions), shared by adapters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Metadata = dict[str, str | float | bool]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---- inboxes -------------------------------------------------------------------------------
+
+
+class Inbox(Wire):
+    pod_id: str
+    inbox_id: str
+    email: str
+    display_name: str | None = None
+    client_id: str | None = None
+    status: Literal["active", "paused"] | None = None
+    metadata: Metadata | None = None
+    updated_at: datetime
+    created_at: datetime
+
+
+class ListInboxes(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    inboxes: list[Inbox]
+
+
+class CreateInbox(Request):
+    username: str | None = None
+    domain: str | None = None
+    display_name: str | None = None
+    client_id: str | None = None
+    status: Literal["active", "paused"] | None = None
+    metadata: Metadata | None = None
+
+
+class UpdateInbox(Request):
+    display_name: str | None = None
+    status: Literal["active", "paused"] | None = None
+    metadata: dict[str, str | float | bool | None] | None = None
+
+
+# ---- messages and threads -------------------------------------------------------------------
+
+
+class Attachment(Wire):
+    attachment_id: str
+    filename: str | None = None
+    size: int
+    content_type: str | None = None
+    content_disposition: Literal["inline", "attachment"] | None = None
+    content_id: str | None = None
+
+
+class AttachmentResponse(Attachment):
+    download_url: str
+    expires_at: datetime
+
+
+class MessageItem(Wire):
+    inbox_id: str
+    thread_id: str
+    message_id: str
+    labels: list[str]
+    timestamp: datetime
+    from_: str = Field(alias="from")
+    to: list[str]
+    cc: list[str] | None = None
+    bcc: list[str] | None = None
+    subject: str | None = None
+    preview: str | None = None
+    attachments: list[Attachment] | None = None
+    in_reply_to: str | None = None
+    references: list[str] | None = None
+    headers: dict[str, str] | None = None
+    size: int
+    updated_at: datetime
+    created_at: datetime
+
+
+class Message(MessageItem):
+    reply_to: list[str] | None = None
+    text: str | None = None
+    html: str | None = None
+    extracted_text: str | None = None
+    extracted_html: str | None = None
+    # agentpost extensions
+    defects: list[str] | None = None
+    auth: dict[str, Any] | None = None
+
+
+class ListMessages(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    messages: list[MessageItem]
+
+
+class RawMessage(Wire):
+    message_id: str
+    size: int
+    download_url: str
+    expires_at: datetime
+
+
+class UpdateLabels(Request):
+    add_labels: str | list[str] | None = None
+    remove_labels: str | list[str] | None = None
+
+
+class UpdateMessageResponse(Wire):
+    message_id: str
+    labels: list[str]
+
+
+class BatchGetMessages(Request):
+    message_ids: list[str]
+
+
+class BatchGetMessagesResponse(Wire):
+    limit: int
+    count: int
+    messages: list[Message]
+
+
+class ThreadItem(Wire):
+    inbox_id: str
+    thread_id: str
+    labels: list[str]
+    timestamp: datetime
+    received_timestamp: datetime | None = None
+    sent_timestamp: datetime | None = None
+    senders: list[str]
+    recipients: list[str]
+    subject: str | None = None
+    preview: str | None = None
+    attachments: list[Attachment] | None = None
+    last_message_id: str
+    message_count: int
+    size: int
+    updated_at: datetime
+    created_at: datetime
+
+
+class Thread(ThreadItem):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    messages: list[Message]
+
+
+class ListThreads(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    threads: list[ThreadItem]
+
+
+class UpdateThreadResponse(Wire):
+    thread_id: str
+    labels: list[str]
+
+
+# ---- domains ---------------------------------------------------------------------------------
+
+
+class VerificationRecord(Wire):
+    type: str
+    name: str
+    value: str
+    status: Literal["MISSING", "INVALID", "VALID"]
+    priority: int | None = None
+    reason: str | None = None
+
+
+class DomainItem(Wire):
+    pod_id: str | None = None
+    domain_id: str
+    domain: str
+    feedback_enabled: bool
+    inbound_enabled: bool | None = None
+    subdomains_enabled: bool
+    tracking_enabled: bool
+    client_id: str | None = None
+    updated_at: datetime
+    created_at: datetime
+
+
+class Domain(DomainItem):
+    status: str
+    reason: str | None = None
+    records: list[VerificationRecord]
+
+
+class ListDomains(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    domains: list[DomainItem]
+
+
+class CreateDomain(Request):
+    domain: str
+    feedback_enabled: bool | None = None
+    inbound_enabled: bool | None = None
+    subdomains_enabled: bool | None = None
+    tracking_enabled: bool | None = None
+    allow_conflicting_provider: bool | None = None
+    client_id: str | None = None
+
+
+class UpdateDomain(Request):
+    feedback_enabled: bool | None = None
+    inbound_enabled: bool | None = None
+    subdomains_enabled: bool | None = None
+    tracking_enabled: bool | None = None
+
+
+# ---- webhooks --------------------------------------------------------------------------------
+
+
+class Webhook(Wire):
+    webhook_id: str
+    url: str
+    event_types: list[str] | None = None
+    pod_ids: list[str] | None = None
+    inbox_ids: list[str] | None = None
+    inbox_id: str | None = None
+    secret: str
+    enabled: bool
+    client_id: str | None = None
+    updated_at: datetime
+    created_at: datetime
+
+
+class ListWebhooks(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    webhooks: list[Webhook]
+
+
+class CreateWebhook(Request):
+    url: str
+    event_types: list[str]
+    inbox_ids: list[str] | None = None
+    pod_ids: list[str] | None = None
+    client_id: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class UpdateWebhook(Request):
+    event_types: list[str] | None = None
+    enabled: bool | None = None
+    url: str | None = None
+    add_inbox_ids: list[str] | None = None
+    remove_inbox_ids: list[str] | None = None
+    add_pod_ids: list[str] | None = None
+    remove_pod_ids: list[str] | None = None
+
+
+# ---- API keys and identity -------------------------------------------------------------------
+
+
+class ApiKeyPermissions(Wire):
+    model_config = ConfigDict(extra="allow")
+
+
+class ApiKey(Wire):
+    type: Literal["bearer"] = "bearer"
+    api_key_id: str
+    prefix: str
+    name: str
+    pod_id: str | None = None
+    inbox_id: str | None = None
+    used_at: datetime | None = None
+    permissions: dict[str, bool] | None = None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
+class CreateApiKey(Request):
+    name: str | None = None
+    inbox_id: str | None = None
+    permissions: dict[str, bool] | None = None
+    expires_at: datetime | None = None
+
+
+class CreateApiKeyResponse(Wire):
+    api_key_id: str
+    api_key: str
+    prefix: str
+    name: str
+    pod_id: str | None = None
+    inbox_id: str | None = None
+    permissions: dict[str, bool] | None = None
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+class ListApiKeys(Wire):
+    count: int
+    next_page_token: str | None = None
+    api_keys: list[ApiKey]
+
+
+class Identity(Wire):
+    scope_type: Literal["organization", "pod", "inbox"]
+    scope_id: str
+    organization_id: str
+    pod_id: str | None = None
+    inbox_id: str | None = None
+    api_key_id: str | None = None
+
+
+class ErrorBody(Wire):
+    name: str
+    code: str | None = None
+    message: str
+    fix: str | None = None
+    docs: str | None = None
+    errors: list[dict[str, str]] | None = None

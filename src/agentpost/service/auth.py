@@ -1,0 +1,52 @@
+"""Who is calling: API key -> Principal, and the scope checks every use case applies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentpost.errors import Forbidden, NotFound, Unauthorized
+from agentpost.model import utcnow
+from agentpost.service.context import Context
+from agentpost.store import orgs
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    organization_id: str
+    api_key_id: str | None
+    inbox_id: str | None  # set: the key sees only this inbox
+    permissions: dict[str, bool] | None
+
+    def can(self, permission: str) -> bool:
+        # AgentMail semantics: no permissions object means every permission.
+        if self.permissions is None:
+            return True
+        return bool(self.permissions.get(permission, False))
+
+    def require(self, permission: str) -> None:
+        if not self.can(permission):
+            raise Forbidden(f"this API key lacks the {permission} permission")
+
+    def sees_inbox(self, inbox_id: str) -> bool:
+        return self.inbox_id is None or self.inbox_id == inbox_id.lower()
+
+    def check_inbox(self, inbox_id: str) -> None:
+        # 404, not 403: a key must not learn that an inbox outside its scope exists.
+        if not self.sees_inbox(inbox_id):
+            raise NotFound("inbox not found")
+
+    def require_org(self) -> None:
+        if self.inbox_id is not None:
+            raise Forbidden("this API key is scoped to one inbox")
+
+
+async def authenticate(ctx: Context, key: str | None) -> Principal:
+    if not key:
+        raise Unauthorized("missing API key", fix="Send Authorization: Bearer <api key>.")
+    async with ctx.db.read() as conn:
+        record = await orgs.find_key(conn, key.strip())
+    if record is None:
+        raise Unauthorized("invalid API key")
+    if record.expires_at is not None and record.expires_at.replace(tzinfo=record.expires_at.tzinfo) < utcnow():
+        raise Unauthorized("API key expired")
+    return Principal(record.organization_id, record.api_key_id, record.inbox_id, record.permissions)

@@ -1,0 +1,67 @@
+"""What every use case needs: the store, secrets, the event bus and a few settings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from agentpost.inbound.checks import Directory
+from agentpost.notify.bus import EventBus
+from agentpost.store.db import Database
+
+
+class Sealer:
+    """Encrypts secrets at rest (webhook secrets, custom headers) and signs download tokens."""
+
+    def __init__(self, secret_key: str) -> None:
+        if not secret_key:
+            raise ValueError("secret_key is empty: run `agentpost init` or set AGENTPOST_SECRET_KEY")
+        digest = hashlib.sha256(b"agentpost-seal:" + secret_key.encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._mac_key = hashlib.sha256(b"agentpost-sign:" + secret_key.encode()).digest()
+
+    def seal(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def unseal(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ValueError("sealed value cannot be decrypted with this secret_key") from None
+
+    def sign(self, claims: dict[str, str | int], ttl: int) -> tuple[str, int]:
+        """A URL-safe token carrying ``claims`` until now + ttl seconds."""
+        expires = int(time.time()) + ttl
+        body = base64.urlsafe_b64encode(json.dumps({**claims, "exp": expires}).encode()).decode().rstrip("=")
+        mac = hmac.new(self._mac_key, body.encode(), hashlib.sha256).digest()
+        return body + "." + base64.urlsafe_b64encode(mac).decode().rstrip("="), expires
+
+    def verify(self, token: str) -> dict[str, str | int] | None:
+        body, _, mac = token.partition(".")
+        expected = base64.urlsafe_b64encode(hmac.new(self._mac_key, body.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected.decode().rstrip("="), mac):
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            return None
+        if not isinstance(claims, dict) or int(claims.get("exp", 0)) < time.time():
+            return None
+        return claims
+
+
+@dataclass(slots=True)
+class Context:
+    db: Database
+    sealer: Sealer
+    bus: EventBus
+    directory: Directory
+    hostname: str
+    public_url: str
+    mx_host: str = ""

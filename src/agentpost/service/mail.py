@@ -1,0 +1,287 @@
+"""Reading mail: messages and threads per inbox and organisation-wide, labels, raw, attachments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from agentpost import model, schemas
+from agentpost.errors import Invalid, NotFound
+from agentpost.proto import mime
+from agentpost.service.auth import Principal
+from agentpost.service.context import Context
+from agentpost.store import inboxes as inbox_store
+from agentpost.store import labels as labelset
+from agentpost.store import messages as message_store
+from agentpost.store.messages import MessageFilter
+from agentpost.store.pages import clamp_limit, decode_token, encode_token
+
+DOWNLOAD_TTL = 3600
+
+
+@dataclass(slots=True)
+class Listing:
+    limit: int | None = None
+    page_token: str | None = None
+    labels: list[str] | None = None
+    before: datetime | None = None
+    after: datetime | None = None
+    ascending: bool = False
+    include_spam: bool = False
+    include_blocked: bool = False
+    include_unauthenticated: bool = False
+    include_trash: bool = False
+
+
+def _filter(who: Principal, q: Listing) -> MessageFilter:
+    wanted = set(q.labels or [])
+    exclude = []
+    for label, include, permission in (
+        (model.LABEL_SPAM, q.include_spam, "label_spam_read"),
+        (model.LABEL_BLOCKED, q.include_blocked, "label_blocked_read"),
+        (model.LABEL_UNAUTHENTICATED, q.include_unauthenticated, "label_unauthenticated_read"),
+        (model.LABEL_TRASH, q.include_trash, "label_trash_read"),
+    ):
+        # Hidden labels stay hidden unless asked for (and permitted), or filtered on explicitly.
+        if not ((include or label in wanted) and who.can(permission)):
+            exclude.append(label)
+    return MessageFilter(
+        labels=sorted(wanted), before=q.before, after=q.after, ascending=q.ascending, exclude_labels=exclude
+    )
+
+
+def _clean_labels(values: str | list[str] | None, field: str) -> list[str]:
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else list(values)
+    for label in items:
+        if not label or len(label) > 100 or any(c in label for c in '"\\\r\n%') or not label.isprintable():
+            raise Invalid(
+                f"invalid label {label!r}",
+                [{"path": field, "message": "labels are 1-100 printable characters without quotes"}],
+            )
+    return items
+
+
+async def _inbox_row_checked(conn: object, who: Principal, inbox_id: str) -> None:
+    row = await inbox_store.get_row(conn, inbox_id)  # type: ignore[arg-type]
+    if row is None or row.organization_id != who.organization_id:
+        raise NotFound("inbox not found")
+
+
+async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: Listing) -> schemas.ListMessages:
+    who.require("message_read")
+    if inbox_id is not None:
+        who.check_inbox(inbox_id)
+    elif who.inbox_id is not None:
+        inbox_id = who.inbox_id
+    n = clamp_limit(q.limit)
+    async with ctx.db.read() as conn:
+        if inbox_id is not None:
+            await _inbox_row_checked(conn, who, inbox_id)
+            inbox_id = inbox_id.lower()
+        rows = await message_store.list_messages(
+            conn,
+            organization_id=who.organization_id,
+            inbox_id=inbox_id,
+            flt=_filter(who, q),
+            limit=n,
+            cursor=decode_token(q.page_token),
+        )
+    more = len(rows) > n
+    rows = rows[:n]
+    token = encode_token(rows[-1][0]) if more else None
+    return schemas.ListMessages(count=len(rows), limit=n, next_page_token=token, messages=[m for _, m in rows])
+
+
+async def _message_row(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> object:
+    who.check_inbox(inbox_id)
+    async with ctx.db.read() as conn:
+        await _inbox_row_checked(conn, who, inbox_id)
+        row = await message_store.get_row(conn, inbox_id.lower(), message_id)
+    if row is None:
+        raise NotFound("message not found")
+    return row
+
+
+async def get_message(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> schemas.Message:
+    who.require("message_read")
+    row = await _message_row(ctx, who, inbox_id, message_id)
+    return message_store.to_message(row)
+
+
+async def batch_get(
+    ctx: Context, who: Principal, inbox_id: str, message_ids: list[str]
+) -> schemas.BatchGetMessagesResponse:
+    who.require("message_read")
+    if len(message_ids) > 100:
+        raise Invalid("at most 100 message_ids", [{"path": "message_ids", "message": "at most 100"}])
+    found = []
+    for message_id in message_ids:
+        try:
+            found.append(await get_message(ctx, who, inbox_id, message_id))
+        except NotFound:
+            continue
+    return schemas.BatchGetMessagesResponse(limit=100, count=len(found), messages=found)
+
+
+async def update_labels(
+    ctx: Context, who: Principal, inbox_id: str, message_id: str, req: schemas.UpdateLabels
+) -> schemas.UpdateMessageResponse:
+    who.require("message_update")
+    add = _clean_labels(req.add_labels, "add_labels")
+    remove = _clean_labels(req.remove_labels, "remove_labels")
+    protected = model.SYSTEM_LABELS & (set(add) | set(remove))
+    if protected:
+        raise Invalid(
+            f"system labels cannot be changed: {', '.join(sorted(protected))}",
+            [{"path": "add_labels", "message": "system label"}],
+        )
+    who.check_inbox(inbox_id)
+    async with ctx.db.write() as conn:
+        await _inbox_row_checked(conn, who, inbox_id)
+        row = await message_store.get_row(conn, inbox_id.lower(), message_id)
+        if row is None:
+            raise NotFound("message not found")
+        labels = (set(labelset.load(row.labels)) | set(add)) - set(remove)
+        await message_store.set_labels(conn, row.id, sorted(labels))
+        await message_store.refresh_thread_labels(conn, row.thread_id)
+    return schemas.UpdateMessageResponse(message_id=row.message_id, labels=sorted(labels))
+
+
+async def raw_download(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> schemas.RawMessage:
+    who.require("message_read")
+    row = await _message_row(ctx, who, inbox_id, message_id)
+    token, expires = ctx.sealer.sign({"k": "raw", "m": str(row.id)}, DOWNLOAD_TTL)
+    return schemas.RawMessage(
+        message_id=str(row.message_id),
+        size=int(row.size),
+        download_url=f"{ctx.public_url}/v0/downloads/{token}",
+        expires_at=datetime.fromtimestamp(expires, model.utcnow().tzinfo),
+    )
+
+
+async def attachment(
+    ctx: Context, who: Principal, inbox_id: str, message_id: str, attachment_id: str
+) -> schemas.AttachmentResponse:
+    who.require("message_read")
+    row = await _message_row(ctx, who, inbox_id, message_id)
+    meta = next((a for a in (row.attachments or []) if a["attachment_id"] == attachment_id), None)
+    if meta is None:
+        raise NotFound("attachment not found")
+    token, expires = ctx.sealer.sign({"k": "att", "m": str(row.id), "a": attachment_id}, DOWNLOAD_TTL)
+    return schemas.AttachmentResponse(
+        **meta,
+        download_url=f"{ctx.public_url}/v0/downloads/{token}",
+        expires_at=datetime.fromtimestamp(expires, model.utcnow().tzinfo),
+    )
+
+
+async def download(ctx: Context, token: str) -> tuple[bytes, str, str | None]:
+    """Resolve a signed download token: (bytes, content type, filename)."""
+    claims = ctx.sealer.verify(token)
+    if claims is None:
+        raise NotFound("download link is invalid or expired")
+    async with ctx.db.read() as conn:
+        blob_id = await message_store.blob_id_of(conn, str(claims["m"]))
+        data = await message_store.raw(conn, blob_id) if blob_id else None
+    if data is None:
+        raise NotFound("message not found")
+    if claims.get("k") == "raw":
+        return data, "message/rfc822", None
+    # Attachments are cut from the stored raw message on demand: ids are MIME part paths.
+    parsed = mime.parse(data)
+    for part in parsed.attachments:
+        if part.attachment_id == claims.get("a"):
+            return part.content, part.content_type, part.filename
+    raise NotFound("attachment not found")
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+
+async def list_threads(ctx: Context, who: Principal, inbox_id: str | None, q: Listing) -> schemas.ListThreads:
+    who.require("message_read")
+    if inbox_id is not None:
+        who.check_inbox(inbox_id)
+    elif who.inbox_id is not None:
+        inbox_id = who.inbox_id
+    n = clamp_limit(q.limit)
+    async with ctx.db.read() as conn:
+        if inbox_id is not None:
+            await _inbox_row_checked(conn, who, inbox_id)
+            inbox_id = inbox_id.lower()
+        rows = await message_store.list_threads(
+            conn,
+            organization_id=who.organization_id,
+            inbox_id=inbox_id,
+            flt=_filter(who, q),
+            limit=n,
+            cursor=decode_token(q.page_token),
+        )
+    more = len(rows) > n
+    rows = rows[:n]
+    return schemas.ListThreads(
+        count=len(rows),
+        limit=n,
+        next_page_token=encode_token(rows[-1][0]) if more else None,
+        threads=[t for _, t in rows],
+    )
+
+
+async def _thread_row(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str) -> object:
+    if inbox_id is not None:
+        who.check_inbox(inbox_id)
+    async with ctx.db.read() as conn:
+        row = await message_store.get_thread_row(conn, thread_id)
+    if (
+        row is None
+        or row.organization_id != who.organization_id
+        or not who.sees_inbox(row.inbox_id)
+        or (inbox_id is not None and row.inbox_id != inbox_id.lower())
+    ):
+        raise NotFound("thread not found")
+    return row
+
+
+async def get_thread(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str, q: Listing) -> schemas.Thread:
+    who.require("message_read")
+    row = await _thread_row(ctx, who, inbox_id, thread_id)
+    async with ctx.db.read() as conn:
+        msgs = await message_store.thread_messages(conn, thread_id, _filter(who, q).exclude_labels)
+    item = message_store.to_thread_item(row)
+    return schemas.Thread(**item.model_dump(), count=len(msgs), limit=None, next_page_token=None, messages=msgs)
+
+
+async def update_thread_labels(
+    ctx: Context, who: Principal, inbox_id: str | None, thread_id: str, req: schemas.UpdateLabels
+) -> schemas.UpdateThreadResponse:
+    who.require("message_update")
+    add = _clean_labels(req.add_labels, "add_labels")
+    remove = _clean_labels(req.remove_labels, "remove_labels")
+    if model.SYSTEM_LABELS & (set(add) | set(remove)):
+        raise Invalid("system labels cannot be changed", [{"path": "add_labels", "message": "system label"}])
+    await _thread_row(ctx, who, inbox_id, thread_id)
+    async with ctx.db.write() as conn:
+        labels = await message_store.set_thread_labels(conn, thread_id, add, remove)
+    return schemas.UpdateThreadResponse(thread_id=thread_id, labels=labels)
+
+
+async def delete_thread(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str) -> None:
+    who.require("message_delete")
+    await _thread_row(ctx, who, inbox_id, thread_id)
+    async with ctx.db.write() as conn:
+        await message_store.delete_thread(conn, thread_id)
+
+
+async def thread_attachment(
+    ctx: Context, who: Principal, inbox_id: str | None, thread_id: str, attachment_id: str
+) -> schemas.AttachmentResponse:
+    who.require("message_read")
+    row = await _thread_row(ctx, who, inbox_id, thread_id)
+    async with ctx.db.read() as conn:
+        msgs = await message_store.thread_messages(conn, thread_id, [])
+    for m in msgs:
+        if any(a.attachment_id == attachment_id for a in (m.attachments or [])):
+            return await attachment(ctx, who, str(row.inbox_id), m.message_id, attachment_id)
+    raise NotFound("attachment not found")

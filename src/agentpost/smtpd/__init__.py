@@ -1,0 +1,1 @@
+"""SMTP listeners; aiosmtpd is imported only here."""

@@ -1,0 +1,233 @@
+"""The MX listener (RFC 5321 server side): hosted recipients only, then inbound.receive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from agentpost.errors import Rejected
+from agentpost.inbound.checks import Directory, RateLimiter, Route
+from agentpost.inbound.receive import Receiver
+from agentpost.model import Envelope as MailEnvelope
+from agentpost.proto import codes
+from agentpost.proto.codes import Reply
+
+log = logging.getLogger(__name__)
+
+# RFC 3463 default enhanced codes for replies produced inside aiosmtpd (syntax errors, size),
+# so that every reply after EHLO carries one (RFC 2034 §3).
+_DEFAULT_ENHANCED = {
+    221: "2.0.0",
+    250: "2.0.0",
+    251: "2.1.5",
+    252: "2.5.0",
+    421: "4.3.0",
+    450: "4.2.0",
+    451: "4.3.0",
+    452: "4.3.1",
+    454: "4.7.0",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    535: "5.7.8",
+    550: "5.0.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.0.0",
+    555: "5.5.4",
+}
+_HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+
+
+def _line(reply: Reply) -> str:
+    return f"{reply.code} {reply.enhanced} {reply.text}"
+
+
+class MxSession(SMTP):  # type: ignore[misc]
+    """aiosmtpd's SMTP with enhanced status codes on every reply and per-IP connection limits."""
+
+    def __init__(self, handler: MxHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.mx = handler
+        self._peer_ip = ""
+
+    async def push(self, status: str | bytes) -> None:
+        raw = status.encode("utf-8") if isinstance(status, str) else status
+        if (
+            len(raw) >= 4
+            and raw[3:4] == b" "
+            and raw[:1] in b"2345"
+            and raw[:3] not in (b"220", b"354")
+            and not _HAS_ENHANCED.match(raw)
+        ):
+            code = int(raw[:3])
+            enhanced = _DEFAULT_ENHANCED.get(code, f"{raw[:1].decode()}.0.0")
+            raw = raw[:4] + enhanced.encode() + b" " + raw[4:]
+        await super().push(raw)
+
+    async def _handle_client(self) -> None:
+        peer = self.session.peer if self.session else None
+        self._peer_ip = str(peer[0]) if peer else ""
+        refusal = self.mx.limiter.connect(self._peer_ip)
+        if refusal is not None:
+            self._peer_ip = ""  # not counted
+            await super().push(_line(refusal).encode())
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._peer_ip:
+            self.mx.limiter.disconnect(self._peer_ip)
+            self._peer_ip = ""
+        super().connection_lost(error)
+
+
+class MxHandler:
+    """aiosmtpd hooks: each decision is delegated to inbound; each reply is a named constant."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        receiver: Receiver,
+        limiter: RateLimiter,
+        max_recipients: int,
+    ) -> None:
+        self.directory = directory
+        self.receiver = receiver
+        self.limiter = limiter
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # RFC 2920 (PIPELINING): aiosmtpd reads commands in order from its buffer, so batches work.
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        ip = str(session.peer[0]) if session.peer else ""
+        refusal = self.limiter.message(ip)
+        if refusal is not None:
+            return _line(refusal)
+        envelope.mail_from = "" if address == "<>" else address
+        envelope.mail_options.extend(mail_options)
+        envelope.routes = []
+        return _line(codes.R250_SENDER_OK)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        routes: list[Route] = getattr(envelope, "routes", [])
+        if len(routes) >= self.max_recipients:
+            return _line(codes.R452_TOO_MANY_RECIPIENTS)
+        decision = await self.directory.route(address)
+        if isinstance(decision, Reply):
+            log.info("RCPT %s refused: %s", address[:320], decision)
+            return _line(decision)
+        if any(r.inbox_id == decision.inbox_id for r in routes):
+            return _line(codes.R250_RCPT_OK)  # duplicate RCPT: one copy per inbox
+        routes.append(decision)
+        envelope.routes = routes
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return _line(codes.R250_RCPT_OK)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        tls = ""
+        if session.ssl:
+            ssl_object = session.ssl.get("ssl_object")
+            if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+                tls = str(ssl_object.version() or "TLS")
+        peer = session.peer or ("", 0)
+        mail_envelope = MailEnvelope(
+            mail_from=envelope.mail_from or "",
+            rcpt_to=list(envelope.rcpt_tos),
+            helo=session.host_name or "",
+            client_ip=str(peer[0]),
+            client_port=int(peer[1]) if len(peer) > 1 else 0,
+            tls=tls,
+        )
+        raw = envelope.original_content
+        if not isinstance(raw, bytes):
+            raw = bytes(raw or b"")
+        try:
+            receipt = await self.receiver.receive(mail_envelope, raw, getattr(envelope, "routes", []))
+        except Rejected as refusal:
+            log.info("DATA from %s refused: %s", mail_envelope.client_ip, refusal.reason)
+            return _line(refusal.reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("receive failed for a message from %s", mail_envelope.client_ip)
+            return _line(codes.R451_LOCAL_ERROR)
+        return f"250 2.0.0 OK: queued as {receipt.saved[0][1].pk}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # The peer gets a generic temporary failure; the trace goes to the log only.
+        log.error("SMTP session error", exc_info=error)
+        return _line(codes.R451_LOCAL_ERROR)
+
+
+class MxServer:
+    """Binds the listener and builds one MxSession per connection."""
+
+    def __init__(
+        self,
+        handler: MxHandler,
+        host: str,
+        port: int,
+        hostname: str,
+        max_message_size: int,
+        tls_context: ssl.SSLContext | None,
+        command_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.hostname = hostname
+        self.max_message_size = max_message_size
+        self.tls_context = tls_context
+        self.command_timeout = command_timeout
+        self._server: asyncio.Server | None = None
+
+    def _session(self) -> MxSession:
+        return MxSession(
+            self.handler,
+            hostname=self.hostname,
+            ident="agentpost ESMTP",
+            data_size_limit=self.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=self.tls_context,
+            require_starttls=False,
+            timeout=self.command_timeout,
+            # RFC 5321 §4.5.3.1.6: text lines up to 998 octets; allow generous slack for bad
+            # senders, the parser records the defect.
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._session, self.host, self.port, reuse_address=True, backlog=512)
+        sockets = self._server.sockets or []
+        if sockets and self.port == 0:
+            self.port = sockets[0].getsockname()[1]
+        log.info("MX listening on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

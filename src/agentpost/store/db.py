@@ -1,0 +1,106 @@
+"""Database engine: SQLite (WAL, durable commits) or PostgreSQL, one code path, and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """Map a user-facing URL to the async driver SQLAlchemy needs."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url
+
+
+class Database:
+    """Owns the engine. ``write()`` opens a writer transaction, ``read()`` a reader one."""
+
+    def __init__(self, url: str) -> None:
+        self.url = async_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["pool_size"] = 8
+            kwargs["max_overflow"] = 8
+        else:
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 10
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._configure_sqlite(self.engine)
+        # SQLite allows one writer: serialise writers in-process instead of spinning on SQLITE_BUSY.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @staticmethod
+    def _configure_sqlite(engine: AsyncEngine) -> None:
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take over transaction control so a writer can BEGIN IMMEDIATE: a deferred
+            # transaction that later upgrades to a writer fails with SQLITE_BUSY regardless of
+            # busy_timeout.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged message survives a
+            # power loss, not only a process crash.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            mode = "IMMEDIATE" if conn.get_execution_options().get("writer") else "DEFERRED"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A read-write transaction, committed on normal exit."""
+        if self._write_lock is not None:
+            async with self._write_lock:
+                async with self.engine.connect() as conn:
+                    conn = await conn.execution_options(writer=True)
+                    async with conn.begin():
+                        yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            async with conn.begin():
+                yield conn
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        def upgrade(sync_conn: sa.Connection) -> None:
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self.write() as conn:
+            await conn.run_sync(upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

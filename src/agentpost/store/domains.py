@@ -1,0 +1,102 @@
+"""Hosted domains: add, list, get, delete, and the hosted-domain set the MX consults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agentpost import schemas
+from agentpost.model import new_id, utcnow
+from agentpost.store.tables import domains
+
+
+def _item(row: Any) -> schemas.DomainItem:
+    return schemas.DomainItem(
+        domain_id=row.id,
+        domain=row.domain,
+        feedback_enabled=row.feedback_enabled,
+        inbound_enabled=row.inbound_enabled,
+        subdomains_enabled=False,
+        tracking_enabled=False,
+        client_id=row.client_id,
+        updated_at=row.updated_at,
+        created_at=row.created_at,
+    )
+
+
+def _domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
+    item = _item(row)
+    return schemas.Domain(**item.model_dump(), status=row.status, records=records)
+
+
+async def add(
+    conn: AsyncConnection,
+    organization_id: str,
+    name: str,
+    client_id: str | None = None,
+    feedback_enabled: bool = True,
+    inbound_enabled: bool = True,
+) -> tuple[Any, bool]:
+    """Insert (or return the existing row for the same client_id/name). Returns (row, created)."""
+    existing = (await conn.execute(sa.select(domains).where(domains.c.domain == name))).first()
+    if existing is not None:
+        return existing, False
+    now = utcnow()
+    values = dict(
+        id=new_id("dom_"),
+        organization_id=organization_id,
+        domain=name,
+        status="NOT_STARTED",
+        feedback_enabled=feedback_enabled,
+        inbound_enabled=inbound_enabled,
+        client_id=client_id,
+        created_at=now,
+        updated_at=now,
+    )
+    await conn.execute(domains.insert().values(**values))
+    row = (await conn.execute(sa.select(domains).where(domains.c.id == values["id"]))).one()
+    return row, True
+
+
+async def get_row(conn: AsyncConnection, organization_id: str, key: str) -> Any | None:
+    """By id or by name."""
+    query = sa.select(domains).where(
+        domains.c.organization_id == organization_id,
+        sa.or_(domains.c.id == key, domains.c.domain == key.lower()),
+    )
+    return (await conn.execute(query)).first()
+
+
+async def by_client_id(conn: AsyncConnection, organization_id: str, client_id: str) -> Any | None:
+    query = sa.select(domains).where(domains.c.organization_id == organization_id, domains.c.client_id == client_id)
+    return (await conn.execute(query)).first()
+
+
+def to_domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
+    return _domain(row, records)
+
+
+async def list_page(
+    conn: AsyncConnection, organization_id: str, limit: int, after_id: str | None
+) -> list[schemas.DomainItem]:
+    query = sa.select(domains).where(domains.c.organization_id == organization_id)
+    if after_id:
+        query = query.where(domains.c.id < after_id)
+    rows = (await conn.execute(query.order_by(domains.c.id.desc()).limit(limit + 1))).all()
+    return [_item(r) for r in rows]
+
+
+async def update(conn: AsyncConnection, domain_id: str, **values: Any) -> None:
+    await conn.execute(domains.update().where(domains.c.id == domain_id).values(**values, updated_at=utcnow()))
+
+
+async def delete(conn: AsyncConnection, domain_id: str) -> None:
+    await conn.execute(domains.delete().where(domains.c.id == domain_id))
+
+
+async def hosted(conn: AsyncConnection) -> dict[str, str]:
+    """Every hosted domain name -> its organisation id."""
+    rows = (await conn.execute(sa.select(domains.c.domain, domains.c.organization_id))).all()
+    return {r.domain: r.organization_id for r in rows}

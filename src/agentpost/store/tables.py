@@ -1,0 +1,239 @@
+"""Table definitions (SQLAlchemy Core); the alembic migrations create exactly these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone: store UTC, tag on read)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+TS = UTCDateTime()
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("organization_id", sa.String(40), sa.ForeignKey("organizations.id"), nullable=False),
+    # NULL: organisation-wide; else the key only sees this inbox.
+    sa.Column("inbox_id", sa.String(320), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(20), nullable=False),
+    # SHA-256 of the whole key: keys are 256-bit random, so a fast hash is enough (no brute force).
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("permissions", sa.JSON, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("used_at", TS, nullable=True),
+    sa.Column("expires_at", TS, nullable=True),
+)
+
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("organization_id", sa.String(40), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False, unique=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("feedback_enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("inbound_enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("client_id", sa.String(200), nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("organization_id", "client_id"),
+)
+
+inboxes = sa.Table(
+    "inboxes",
+    metadata,
+    # The inbox id is its lowercased address (AgentMail: inbox_id is the email address).
+    sa.Column("id", sa.String(320), primary_key=True),
+    sa.Column("organization_id", sa.String(40), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False, index=True),
+    sa.Column("display_name", sa.String(200), nullable=True),
+    sa.Column("client_id", sa.String(200), nullable=True),
+    sa.Column("status", sa.String(10), nullable=False, default="active"),
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("organization_id", "client_id"),
+)
+
+threads = sa.Table(
+    "threads",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("inbox_id", sa.String(320), sa.ForeignKey("inboxes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("organization_id", sa.String(40), nullable=False),
+    sa.Column("subject", sa.Text, nullable=True),
+    sa.Column("labels", sa.Text, nullable=False),  # JSON array text: see messages.labels
+    sa.Column("senders", sa.JSON, nullable=False),
+    sa.Column("recipients", sa.JSON, nullable=False),
+    sa.Column("preview", sa.Text, nullable=True),
+    sa.Column("attachments", sa.JSON, nullable=True),
+    sa.Column("last_message_id", sa.String(1000), nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("received_at", TS, nullable=True),
+    sa.Column("sent_at", TS, nullable=True),
+    # Ordering key of listings: the id of the newest message (time-ordered ids).
+    sa.Column("last_pk", sa.String(40), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_threads_inbox_last", "inbox_id", "last_pk"),
+    sa.Index("ix_threads_org_last", "organization_id", "last_pk"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # time-ordered; also the blob key
+    sa.Column("inbox_id", sa.String(320), sa.ForeignKey("inboxes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("organization_id", sa.String(40), nullable=False),
+    sa.Column("thread_id", sa.String(40), nullable=False, index=True),
+    sa.Column("message_id", sa.String(1000), nullable=False),  # RFC 5322 Message-ID with <>
+    # Labels as JSON array text, e.g. '["received","unread"]': a LIKE '%"unread"%' filter then
+    # behaves the same on SQLite and PostgreSQL. Label names never contain '"'.
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("direction", sa.String(10), nullable=False),  # received | sent
+    sa.Column("mail_from", sa.String(1000), nullable=False),
+    sa.Column("header_from", sa.Text, nullable=False),
+    sa.Column("to", sa.JSON, nullable=False),
+    sa.Column("cc", sa.JSON, nullable=True),
+    sa.Column("bcc", sa.JSON, nullable=True),
+    sa.Column("reply_to", sa.JSON, nullable=True),
+    sa.Column("subject", sa.Text, nullable=True),
+    sa.Column("preview", sa.Text, nullable=True),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("html", sa.Text, nullable=True),
+    sa.Column("extracted_text", sa.Text, nullable=True),
+    sa.Column("extracted_html", sa.Text, nullable=True),
+    sa.Column("in_reply_to", sa.String(1000), nullable=True),
+    sa.Column("references", sa.JSON, nullable=True),
+    sa.Column("headers", sa.JSON, nullable=True),
+    sa.Column("attachments", sa.JSON, nullable=True),
+    sa.Column("defects", sa.JSON, nullable=True),
+    sa.Column("auth", sa.JSON, nullable=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("blob_id", sa.String(40), nullable=False, index=True),  # raw bytes; shared by copies
+    sa.Column("timestamp", TS, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_messages_inbox_msgid", "inbox_id", "message_id"),
+    sa.Index("ix_messages_inbox_id", "inbox_id", "id"),
+)
+
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("message_pk", sa.String(40), sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("attachment_id", sa.String(100), primary_key=True),
+    sa.Column("filename", sa.Text, nullable=True),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("content_id", sa.String(1000), nullable=True),
+    sa.Column("disposition", sa.String(20), nullable=False),
+)
+
+# Raw messages, byte-exact. Kept in the database so every node sharing PostgreSQL reads them.
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+# Append-only event log; the integer id orders the feed.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("organization_id", sa.String(40), nullable=False),
+    sa.Column("inbox_id", sa.String(320), nullable=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("organization_id", sa.String(40), nullable=False, index=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("inbox_ids", sa.JSON, nullable=True),
+    sa.Column("secret_enc", sa.Text, nullable=False),  # encrypted at rest (Fernet)
+    sa.Column("headers_enc", sa.Text, nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("client_id", sa.String(200), nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("organization_id", "client_id"),
+)
+
+# One row per (webhook, event) to deliver; survives restarts.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("webhook_id", sa.String(40), sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_pk", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("lease_until", TS, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+)
+
+# Named cursors into the event log (e.g. the webhook fan-out's position).
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)

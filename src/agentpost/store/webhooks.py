@@ -1,0 +1,200 @@
+"""Webhook subscriptions and their per-event deliveries (fan-out, claim with a lease, result)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agentpost.model import new_id, utcnow
+from agentpost.store import events as event_store
+from agentpost.store.tables import cursors, events, webhook_deliveries, webhooks
+
+FANOUT_CURSOR = "webhooks.fanout"
+# A gap in event ids (a concurrent transaction on another node not yet committed, or a burned
+# sequence value) is waited for this long before it is skipped.
+GAP_GRACE = timedelta(seconds=5)
+
+
+async def create(conn: AsyncConnection, **values: Any) -> str:
+    now = utcnow()
+    webhook_id = new_id("wh_")
+    await conn.execute(webhooks.insert().values(id=webhook_id, created_at=now, updated_at=now, **values))
+    return webhook_id
+
+
+async def get_row(conn: AsyncConnection, organization_id: str, webhook_id: str) -> Any | None:
+    query = sa.select(webhooks).where(webhooks.c.organization_id == organization_id, webhooks.c.id == webhook_id)
+    return (await conn.execute(query)).first()
+
+
+async def by_client_id(conn: AsyncConnection, organization_id: str, client_id: str) -> Any | None:
+    query = sa.select(webhooks).where(webhooks.c.organization_id == organization_id, webhooks.c.client_id == client_id)
+    return (await conn.execute(query)).first()
+
+
+async def list_rows(conn: AsyncConnection, organization_id: str, limit: int, after_id: str | None) -> list[Any]:
+    query = sa.select(webhooks).where(webhooks.c.organization_id == organization_id)
+    if after_id:
+        query = query.where(webhooks.c.id < after_id)
+    return list((await conn.execute(query.order_by(webhooks.c.id.desc()).limit(limit + 1))).all())
+
+
+async def update(conn: AsyncConnection, webhook_id: str, **values: Any) -> None:
+    await conn.execute(webhooks.update().where(webhooks.c.id == webhook_id).values(**values, updated_at=utcnow()))
+
+
+async def delete(conn: AsyncConnection, webhook_id: str) -> None:
+    await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.webhook_id == webhook_id))
+    await conn.execute(webhooks.delete().where(webhooks.c.id == webhook_id))
+
+
+def matches(hook: Any, event: event_store.EventRow) -> bool:
+    if not hook.enabled or hook.organization_id != event.organization_id:
+        return False
+    if event.event_type not in (hook.event_types or []):
+        return False
+    inbox_ids = hook.inbox_ids
+    return not inbox_ids or (event.inbox_id is not None and event.inbox_id in inbox_ids)
+
+
+async def fan_out(conn: AsyncConnection, batch: int = 500) -> int:
+    """Turn new events into delivery rows for every matching webhook; advance the cursor.
+
+    Runs in the caller's write transaction: the cursor row is locked (PostgreSQL) so two nodes
+    never fan out the same event twice.
+    """
+    row = (
+        await conn.execute(sa.select(cursors.c.position).where(cursors.c.name == FANOUT_CURSOR).with_for_update())
+    ).first()
+    if row is None:
+        await conn.execute(cursors.insert().values(name=FANOUT_CURSOR, position=0))
+        position = 0
+    else:
+        position = int(row[0])
+    new_events = await event_store.after(conn, position, batch)
+    if not new_events:
+        return 0
+    hooks = list((await conn.execute(sa.select(webhooks).where(webhooks.c.enabled.is_(True)))).all())
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for event in new_events:
+        if event.pk != position + 1 and now - event.created_at < GAP_GRACE:
+            break  # an earlier id may still commit: wait for it
+        position = event.pk
+        for hook in hooks:
+            # Only events after the webhook's creation: a new subscription does not replay history.
+            if matches(hook, event) and event.created_at >= hook.created_at:
+                rows.append(
+                    {
+                        "id": new_id("whd_"),
+                        "webhook_id": hook.id,
+                        "event_pk": event.pk,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+    if rows:
+        await conn.execute(webhook_deliveries.insert(), rows)
+    await conn.execute(cursors.update().where(cursors.c.name == FANOUT_CURSOR).values(position=position))
+    return len(rows)
+
+
+@dataclass(slots=True)
+class Claimed:
+    delivery_id: str
+    webhook: Any
+    event: event_store.EventRow
+    attempts: int
+    created_at: datetime
+
+
+async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list[Claimed]:
+    now = utcnow()
+    query = (
+        sa.select(webhook_deliveries)
+        .where(
+            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.next_attempt_at <= now,
+            sa.or_(webhook_deliveries.c.lease_until.is_(None), webhook_deliveries.c.lease_until < now),
+        )
+        .order_by(webhook_deliveries.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list((await conn.execute(query)).all())
+    if not rows:
+        return []
+    await conn.execute(
+        webhook_deliveries.update()
+        .where(webhook_deliveries.c.id.in_([r.id for r in rows]))
+        .values(lease_until=now + lease)
+    )
+    hook_rows = {
+        h.id: h
+        for h in (await conn.execute(sa.select(webhooks).where(webhooks.c.id.in_({r.webhook_id for r in rows})))).all()
+    }
+    event_rows = {
+        e.id: e
+        for e in (await conn.execute(sa.select(events).where(events.c.id.in_({r.event_pk for r in rows})))).all()
+    }
+    claimed = []
+    for r in rows:
+        hook = hook_rows.get(r.webhook_id)
+        ev = event_rows.get(r.event_pk)
+        if hook is None or ev is None:
+            continue
+        claimed.append(
+            Claimed(
+                r.id,
+                hook,
+                event_store.EventRow(
+                    ev.id, ev.event_id, ev.organization_id, ev.inbox_id, ev.event_type, ev.payload, ev.created_at
+                ),
+                r.attempts,
+                r.created_at,
+            )
+        )
+    return claimed
+
+
+async def record_attempt(
+    conn: AsyncConnection,
+    delivery_id: str,
+    *,
+    status: str,
+    attempts: int,
+    next_attempt_at: datetime,
+    http_status: int | None,
+    error: str | None,
+) -> None:
+    await conn.execute(
+        webhook_deliveries.update()
+        .where(webhook_deliveries.c.id == delivery_id)
+        .values(
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            lease_until=None,
+            last_status=http_status,
+            last_error=error,
+            updated_at=utcnow(),
+        )
+    )
+
+
+async def deliveries_for(conn: AsyncConnection, webhook_id: str) -> list[Any]:
+    query = sa.select(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id)
+    return list((await conn.execute(query.order_by(webhook_deliveries.c.created_at))).all())
+
+
+async def next_due(conn: AsyncConnection) -> datetime | None:
+    query = sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(webhook_deliveries.c.status == "pending")
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None

@@ -1,0 +1,118 @@
+"""Runs a real `agentpost serve` process for tests: init, an API key, start, stop, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTPOST = [sys.executable, "-m", "agentpost"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+class AgentpostServer:
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str = "",
+        mx_host: str = "127.0.0.1",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.mx_host = mx_host
+        self.mx_port = free_port(mx_host)
+        self.http_port = free_port()
+        self.env = {
+            **os.environ,
+            "AGENTPOST_DATA_DIR": str(data_dir),
+            "AGENTPOST_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "AGENTPOST_MX_LISTEN": f"{mx_host}:{self.mx_port}",
+            "AGENTPOST_HOSTNAME": "mx.agentpost.test",
+            "AGENTPOST_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        }
+        if database_url:
+            self.env["AGENTPOST_DATABASE_URL"] = database_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "serve.log"
+        self.api_key = ""
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*AGENTPOST, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"agentpost {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def setup(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cli("init")
+        self.api_key = self.cli("key", "create").stdout.strip()
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*AGENTPOST, "serve"], env=self.env, stdout=log, stderr=log)
+        try:
+            wait_port(self.mx_host, self.mx_port)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(self.http_url + "/healthz", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            raise RuntimeError("server did not become healthy:\n" + self.log())
+        except Exception:
+            self.kill()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.http_url, headers={"authorization": f"Bearer {self.api_key}"}, timeout=30)
