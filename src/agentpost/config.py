@@ -70,7 +70,9 @@ class ParseConfig(Section):
 
 class WebhookConfig(Section):
     # Seconds between attempts; the last value repeats until max_age is reached.
-    retry_schedule: list[float] = Field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800])
+    retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0],
+    )
     max_age: float = 3 * 24 * 3600.0
     timeout: float = 10.0
     concurrency: int = 8

@@ -12,6 +12,8 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosmtpd logs every command at INFO: too costly and too chatty for an MX under load.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def get(name: str) -> logging.Logger:

@@ -54,13 +54,12 @@ def ensure_tls(config: Config) -> tuple[Path, Path]:
     return cert, key
 
 
-def build_context(config: Config, db: Database) -> Context:
-    http_host, _ = split_hostport(config.http.listen, 8080)
+def build_context(config: Config, db: Database, directory: Directory | None = None) -> Context:
     return Context(
         db=db,
         sealer=Sealer(config.secret_key),
         bus=EventBus(),
-        directory=Directory(db),
+        routing_changed=directory.forget if directory is not None else (lambda: None),
         hostname=config.hostname,
         public_url=config.public_url,
         mx_host=config.hostname,
@@ -92,12 +91,13 @@ class Running:
 async def start(config: Config) -> Running:
     db = Database(config.database_url)
     await db.migrate()
-    ctx = build_context(config, db)
+    directory = Directory(db)
+    ctx = build_context(config, db, directory)
     committer = GroupCommitter(db, config.database.commit_batch, ctx.bus.published)
     committer.start()
     receiver = Receiver(db, config.hostname, mime_limits(config), committer)
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
-    handler = MxHandler(ctx.directory, receiver, limiter, config.mx.max_recipients)
+    handler = MxHandler(directory, receiver, limiter, config.mx.max_recipients)
     cert, key = ensure_tls(config)
     mx_host, mx_port = split_hostport(config.mx.listen, 25)
     mx = MxServer(
@@ -117,7 +117,7 @@ async def start(config: Config) -> Running:
         )
     )
     http_task = asyncio.create_task(http.serve(), name="http")
-    while not http.started and not http_task.done():
+    while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.02)
     if http_task.done():
         await mx.stop()

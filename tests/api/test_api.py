@@ -9,13 +9,16 @@ from agentmail.api_keys.types import CreateBearerApiKeyRequest
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
+from agentmail.inboxes.types import CreateInboxRequest
 
 from mailclient import send_raw, setup_inbox, wait_list
 from serverproc import AgentpostServer
 
 
 def sdk(server: AgentpostServer, key: str | None = None) -> AgentMail:
-    return AgentMail(api_key=key or server.api_key, environment=AgentMailEnvironment(http=server.http_url, websockets="ws://x"))
+    return AgentMail(
+        api_key=key or server.api_key, environment=AgentMailEnvironment(http=server.http_url, websockets="ws://x")
+    )
 
 
 def test_missing_or_wrong_key_is_401_with_the_error_body(shared_server: AgentpostServer) -> None:
@@ -26,7 +29,9 @@ def test_missing_or_wrong_key_is_401_with_the_error_body(shared_server: Agentpos
     assert wrong.status_code == 401
 
 
-def test_inbox_create_is_idempotent_by_client_id_and_conflicts_on_duplicate_address(shared_server: AgentpostServer) -> None:
+def test_inbox_create_is_idempotent_by_client_id_and_conflicts_on_duplicate_address(
+    shared_server: AgentpostServer,
+) -> None:
     with shared_server.client() as http:
         http.post("/v0/domains", json={"domain": "idem.example.test"}).raise_for_status()
         body = {"username": "idem", "domain": "idem.example.test", "client_id": "create-idem-1"}
@@ -46,7 +51,9 @@ def test_validation_errors_are_400_with_paths_and_unknown_domain_is_422(shared_s
         assert {e["path"] for e in bad.json()["errors"]} >= {"bogus"}
         unhosted = http.post("/v0/inboxes", json={"username": "x", "domain": "not-hosted.example.test"})
         assert unhosted.status_code == 422 and unhosted.json()["errors"][0]["path"] == "domain"
-        injected = http.post("/v0/inboxes", json={"username": "x", "domain": "idem.example.test", "display_name": "a\r\nBcc: x"})
+        injected = http.post(
+            "/v0/inboxes", json={"username": "x", "domain": "idem.example.test", "display_name": "a\r\nBcc: x"}
+        )
         assert injected.status_code == 422
 
 
@@ -65,7 +72,7 @@ def test_inbox_scoped_key_sees_only_its_inbox_and_gets_404_elsewhere(shared_serv
     me = httpx.get(shared_server.http_url + "/v0/auth/me", headers={"authorization": f"Bearer {key}"}).json()
     assert me["scope_type"] == "inbox" and me["inbox_id"] == mine
     with pytest.raises(ApiError) as refused:
-        client.inboxes.create(username="sneaky", domain="scope.example.test")
+        client.inboxes.create(request=CreateInboxRequest(username="sneaky", domain="scope.example.test"))
     assert refused.value.status_code == 403
 
 
@@ -89,10 +96,14 @@ def test_message_pagination_walks_every_message_once_newest_first(shared_server:
     assert seen == [f"<page-{n}@remote.test>" for n in reversed(range(7))]
     ascending = client.inboxes.messages.list(inbox, ascending=True, limit=100)
     assert [m.message_id for m in ascending.messages] == list(reversed(seen))
-    assert httpx.get(
-        shared_server.http_url + f"/v0/inboxes/{inbox}/messages", params={"page_token": "!!"},
-        headers={"authorization": f"Bearer {shared_server.api_key}"},
-    ).status_code == 400
+    assert (
+        httpx.get(
+            shared_server.http_url + f"/v0/inboxes/{inbox}/messages",
+            params={"page_token": "!!"},
+            headers={"authorization": f"Bearer {shared_server.api_key}"},
+        ).status_code
+        == 400
+    )
 
 
 def test_labels_filter_update_and_system_labels_are_protected(shared_server: AgentpostServer) -> None:
@@ -115,7 +126,12 @@ def test_labels_filter_update_and_system_labels_are_protected(shared_server: Age
 
 def test_unknown_things_are_404_with_error_body_and_openapi_is_served(shared_server: AgentpostServer) -> None:
     with shared_server.client() as http:
-        for path in ("/v0/inboxes/none@nowhere.test", "/v0/threads/thr_missing", "/v0/domains/dom_missing", "/v0/webhooks/wh_missing"):
+        for path in (
+            "/v0/inboxes/none@nowhere.test",
+            "/v0/threads/thr_missing",
+            "/v0/domains/dom_missing",
+            "/v0/webhooks/wh_missing",
+        ):
             response = http.get(path)
             assert response.status_code == 404, path
             assert response.json()["name"] == "NotFoundError"
@@ -139,4 +155,9 @@ def test_domains_and_keys_round_trip_through_the_sdk(shared_server: AgentpostSer
     assert created.api_key.startswith("ap_")
     assert created.api_key_id in {k.api_key_id for k in client.api_keys.list().api_keys}
     client.api_keys.delete(created.api_key_id)
-    assert httpx.get(shared_server.http_url + "/v0/inboxes", headers={"authorization": f"Bearer {created.api_key}"}).status_code == 401
+    assert (
+        httpx.get(
+            shared_server.http_url + "/v0/inboxes", headers={"authorization": f"Bearer {created.api_key}"}
+        ).status_code
+        == 401
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
+from agentmail.inboxes.types import CreateInboxRequest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from serverproc import AgentpostServer
@@ -54,7 +55,9 @@ def test_swaks_message_reaches_the_sdk_with_text_reply_thread_attachment_and_sig
 ) -> None:
     client = sdk(server)
     client.domains.create(domain="agents.example.test")
-    inbox = client.inboxes.create(username="support", domain="agents.example.test", display_name="Support Agent")
+    inbox = client.inboxes.create(
+        request=CreateInboxRequest(username="support", domain="agents.example.test", display_name="Support Agent")
+    )
     assert inbox.inbox_id == "support@agents.example.test"
 
     with WebhookReceiver() as receiver:
@@ -64,12 +67,18 @@ def test_swaks_message_reaches_the_sdk_with_text_reply_thread_attachment_and_sig
         attachment.write_text("invoice #42\n")
         result = swaks(
             server,
-            "--from", "bob@remote.test",
-            "--to", inbox.inbox_id,
-            "--header", "Subject: Re: meeting",
-            "--header", "Message-ID: <reply-1@remote.test>",
-            "--body", REPLY_BODY,
-            "--attach", f"@{attachment}",
+            "--from",
+            "bob@remote.test",
+            "--to",
+            inbox.inbox_id,
+            "--header",
+            "Subject: Re: meeting",
+            "--header",
+            "Message-Id: <reply-1@remote.test>",
+            "--body",
+            REPLY_BODY,
+            "--attach",
+            f"@{attachment}",
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "250 2.0.0" in result.stdout
@@ -109,7 +118,7 @@ def test_swaks_message_reaches_the_sdk_with_text_reply_thread_attachment_and_sig
 def test_raw_message_is_stored_byte_exact_behind_trace_headers(server: AgentpostServer) -> None:
     client = sdk(server)
     client.domains.create(domain="raw.example.test")
-    inbox = client.inboxes.create(username="raw", domain="raw.example.test")
+    inbox = client.inboxes.create(request=CreateInboxRequest(username="raw", domain="raw.example.test"))
     body = "Line one\r\nLine two with trailing space \r\n"
     result = swaks(
         server, "--from", "a@remote.test", "--to", inbox.inbox_id, "--header", "Subject: raw", "--body", body

@@ -28,9 +28,27 @@ def test_reply_chain_of_three_messages_forms_one_thread_and_same_subject_alone_d
         inbox = setup_inbox(http, "agent@thread.example.test")
         rcpt = [inbox]
         assert send_raw(host, port, "bob@remote.test", rcpt, _mail("<m1@remote.test>", "Plan"))[0] == 250
-        assert send_raw(host, port, "bob@remote.test", rcpt, _mail("<m2@remote.test>", "Re: Plan", "<m1@remote.test>", "<m1@remote.test>"))[0] == 250
+        assert (
+            send_raw(
+                host,
+                port,
+                "bob@remote.test",
+                rcpt,
+                _mail("<m2@remote.test>", "Re: Plan", "<m1@remote.test>", "<m1@remote.test>"),
+            )[0]
+            == 250
+        )
         # The third names only References (no In-Reply-To), as some clients do.
-        assert send_raw(host, port, "bob@remote.test", rcpt, _mail("<m3@remote.test>", "Re: Plan", "", "<m1@remote.test> <m2@remote.test>"))[0] == 250
+        assert (
+            send_raw(
+                host,
+                port,
+                "bob@remote.test",
+                rcpt,
+                _mail("<m3@remote.test>", "Re: Plan", "", "<m1@remote.test> <m2@remote.test>"),
+            )[0]
+            == 250
+        )
         # Same subject, no references: a different conversation.
         assert send_raw(host, port, "carol@remote.test", rcpt, _mail("<other@remote.test>", "Plan"))[0] == 250
 
@@ -43,7 +61,11 @@ def test_reply_chain_of_three_messages_forms_one_thread_and_same_subject_alone_d
 
         thread = http.get(f"/v0/inboxes/{inbox}/threads/{thread_id}").json()
         assert thread["message_count"] == 3
-        assert [m["message_id"] for m in thread["messages"]] == ["<m1@remote.test>", "<m2@remote.test>", "<m3@remote.test>"]
+        assert [m["message_id"] for m in thread["messages"]] == [
+            "<m1@remote.test>",
+            "<m2@remote.test>",
+            "<m3@remote.test>",
+        ]
         assert thread["last_message_id"] == "<m3@remote.test>"
         threads = http.get(f"/v0/inboxes/{inbox}/threads").json()
         assert threads["count"] == 2

@@ -62,6 +62,9 @@ def test_pending_webhook_survives_a_restart(tmp_path: Path, database_url: str) -
                 http.patch(f"/v0/webhooks/{hook['webhook_id']}", json={"url": up.url}).raise_for_status()
             requests = up.wait_for(1, timeout=20)
             assert len(requests) == 1
-            assert Verifier(hook["secret"]).verify(requests[0]["body"], requests[0]["headers"])["event_type"] == "message.received"
+            assert (
+                Verifier(hook["secret"]).verify(requests[0]["body"], requests[0]["headers"])["event_type"]
+                == "message.received"
+            )
     finally:
         server.stop()

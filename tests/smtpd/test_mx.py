@@ -63,9 +63,23 @@ def test_every_reply_after_the_greeting_carries_an_enhanced_code(shared_server: 
 
 def test_starttls_with_swaks_delivers(shared_server: AgentpostServer, inbox: str) -> None:
     result = subprocess.run(
-        ["swaks", "--server", shared_server.mx_host, "--port", str(shared_server.mx_port), "-tls",
-         "--from", "tls@remote.test", "--to", inbox, "--header", "Subject: over tls"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "swaks",
+            "--server",
+            shared_server.mx_host,
+            "--port",
+            str(shared_server.mx_port),
+            "-tls",
+            "--from",
+            "tls@remote.test",
+            "--to",
+            inbox,
+            "--header",
+            "Subject: over tls",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TLS started" in result.stdout
@@ -97,7 +111,10 @@ def test_message_over_the_size_limit_is_refused_552_5_3_4(tmp_path: Path) -> Non
             client.rcpt(address)
             code, message = client.data(b"Subject: big\r\n\r\n" + b"x" * 60 + b"\r\n" * 1 + (b"y" * 998 + b"\r\n") * 30)
             assert (code, message[:5]) == (552, b"5.3.4")
-        assert send_raw(server.mx_host, server.mx_port, "a@remote.test", [address], b"Subject: ok\r\n\r\nsmall\r\n")[0] == 250
+        assert (
+            send_raw(server.mx_host, server.mx_port, "a@remote.test", [address], b"Subject: ok\r\n\r\nsmall\r\n")[0]
+            == 250
+        )
     finally:
         server.stop()
 

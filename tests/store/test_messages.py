@@ -24,12 +24,36 @@ async def _inbox(db: Any, address: str = "agent@store.example.test") -> tuple[st
 def _message(org: str, inbox: str, message_id: str, keys: list[str] | None = None, subject: str = "s") -> NewMessage:
     blob = new_id("blb_")
     return NewMessage(
-        pk=new_id("msg_"), inbox_id=inbox, organization_id=org, message_id=message_id, direction="received",
-        labels=["received", "unread"], mail_from="a@remote.test", header_from="A <a@remote.test>",
-        from_address="a@remote.test", to=[inbox], cc=[], bcc=[], reply_to=[], subject=subject, preview="p",
-        text="t", html=None, extracted_text="t", extracted_html=None, in_reply_to=(keys or [None])[0],
-        references=keys or [], headers={"Subject": subject}, attachments=[], defects=[], auth=None, size=10,
-        timestamp=utcnow(), thread_keys=keys or [], raw_key=blob, raw=b"Subject: s\r\n\r\nt\r\n",
+        pk=new_id("msg_"),
+        inbox_id=inbox,
+        organization_id=org,
+        message_id=message_id,
+        direction="received",
+        labels=["received", "unread"],
+        mail_from="a@remote.test",
+        header_from="A <a@remote.test>",
+        from_address="a@remote.test",
+        to=[inbox],
+        cc=[],
+        bcc=[],
+        reply_to=[],
+        subject=subject,
+        preview="p",
+        text="t",
+        html=None,
+        extracted_text="t",
+        extracted_html=None,
+        in_reply_to=(keys or [None])[0],
+        references=keys or [],
+        headers={"Subject": subject},
+        attachments=[],
+        defects=[],
+        auth=None,
+        size=10,
+        timestamp=utcnow(),
+        thread_keys=keys or [],
+        raw_key=blob,
+        raw=b"Subject: s\r\n\r\nt\r\n",
     )
 
 
@@ -54,7 +78,9 @@ async def test_a_later_reply_joins_the_stored_thread_and_updates_it(db: Any) -> 
     async with db.write() as conn:
         first = (await message_store.save_batch(conn, [_message(org, inbox, "<root@x>")]))[0]
     async with db.write() as conn:
-        second = (await message_store.save_batch(conn, [_message(org, inbox, "<r2@x>", ["<unknown@x>", "<root@x>"])]))[0]
+        second = (await message_store.save_batch(conn, [_message(org, inbox, "<r2@x>", ["<unknown@x>", "<root@x>"])]))[
+            0
+        ]
     assert second.thread_id == first.thread_id
     async with db.read() as conn:
         row = await message_store.get_thread_row(conn, first.thread_id)

@@ -10,28 +10,27 @@ from agentpost.api.deps import Ctx, Who
 from agentpost.service import domains
 
 router = APIRouter(prefix="/v0/domains", tags=["domains"])
-X = {"response_model_exclude_none": True}
 
 
-@router.get("", response_model=schemas.ListDomains, **X)
+@router.get("", response_model=schemas.ListDomains, response_model_exclude_none=True)
 async def list_domains(
     ctx: Ctx, who: Who, limit: int | None = None, page_token: str | None = None
 ) -> schemas.ListDomains:
     return await domains.list_(ctx, who, limit, page_token)
 
 
-@router.post("", response_model=schemas.Domain, **X)
+@router.post("", response_model=schemas.Domain, response_model_exclude_none=True)
 async def create_domain(ctx: Ctx, who: Who, body: schemas.CreateDomain) -> schemas.Domain:
     domain, _ = await domains.add(ctx, who, body)
     return domain
 
 
-@router.get("/{domain_id}", response_model=schemas.Domain, **X)
+@router.get("/{domain_id}", response_model=schemas.Domain, response_model_exclude_none=True)
 async def get_domain(ctx: Ctx, who: Who, domain_id: str) -> schemas.Domain:
     return await domains.get(ctx, who, domain_id)
 
 
-@router.patch("/{domain_id}", response_model=schemas.Domain, **X)
+@router.patch("/{domain_id}", response_model=schemas.Domain, response_model_exclude_none=True)
 async def update_domain(ctx: Ctx, who: Who, domain_id: str, body: schemas.UpdateDomain) -> schemas.Domain:
     return await domains.update(ctx, who, domain_id, body)
 

@@ -9,25 +9,26 @@ from agentpost.api.deps import Ctx, Q, Who
 from agentpost.service import mail
 
 router = APIRouter(tags=["threads"])
-X = {"response_model_exclude_none": True}
 
 
-@router.get("/v0/threads", response_model=schemas.ListThreads, **X)
+@router.get("/v0/threads", response_model=schemas.ListThreads, response_model_exclude_none=True)
 async def list_all(ctx: Ctx, who: Who, q: Q) -> schemas.ListThreads:
     return await mail.list_threads(ctx, who, None, q)
 
 
-@router.get("/v0/inboxes/{inbox_id}/threads", response_model=schemas.ListThreads, **X)
+@router.get("/v0/inboxes/{inbox_id}/threads", response_model=schemas.ListThreads, response_model_exclude_none=True)
 async def list_inbox(ctx: Ctx, who: Who, inbox_id: str, q: Q) -> schemas.ListThreads:
     return await mail.list_threads(ctx, who, inbox_id, q)
 
 
-@router.get("/v0/threads/{thread_id}", response_model=schemas.Thread, **X)
+@router.get("/v0/threads/{thread_id}", response_model=schemas.Thread, response_model_exclude_none=True)
 async def get_any(ctx: Ctx, who: Who, thread_id: str, q: Q) -> schemas.Thread:
     return await mail.get_thread(ctx, who, None, thread_id, q)
 
 
-@router.get("/v0/inboxes/{inbox_id}/threads/{thread_id}", response_model=schemas.Thread, **X)
+@router.get(
+    "/v0/inboxes/{inbox_id}/threads/{thread_id}", response_model=schemas.Thread, response_model_exclude_none=True
+)
 async def get_inbox(ctx: Ctx, who: Who, inbox_id: str, thread_id: str, q: Q) -> schemas.Thread:
     return await mail.get_thread(ctx, who, inbox_id, thread_id, q)
 
@@ -56,7 +57,11 @@ async def delete_inbox(ctx: Ctx, who: Who, inbox_id: str, thread_id: str) -> Res
     return Response(status_code=204)
 
 
-@router.get("/v0/threads/{thread_id}/attachments/{attachment_id}", response_model=schemas.AttachmentResponse, **X)
+@router.get(
+    "/v0/threads/{thread_id}/attachments/{attachment_id}",
+    response_model=schemas.AttachmentResponse,
+    response_model_exclude_none=True,
+)
 async def attachment_any(ctx: Ctx, who: Who, thread_id: str, attachment_id: str) -> schemas.AttachmentResponse:
     return await mail.thread_attachment(ctx, who, None, thread_id, attachment_id)
 
@@ -64,7 +69,7 @@ async def attachment_any(ctx: Ctx, who: Who, thread_id: str, attachment_id: str)
 @router.get(
     "/v0/inboxes/{inbox_id}/threads/{thread_id}/attachments/{attachment_id}",
     response_model=schemas.AttachmentResponse,
-    **X,
+    response_model_exclude_none=True,
 )
 async def attachment_inbox(
     ctx: Ctx, who: Who, inbox_id: str, thread_id: str, attachment_id: str

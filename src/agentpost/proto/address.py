@@ -51,6 +51,7 @@ _DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 # RFC 1035 §2.3.1 LDH label, as tightened by RFC 1123 §2.1 (may start with a digit).
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _WSP = re.compile(r"\s+")
 
 
@@ -150,7 +151,10 @@ def split_address_list(value: str) -> list[str]:
     quoted = escaped = False
     comment = 0
     angle = square = False
-    for ch in value:
+    skip_to = 0
+    for index, ch in enumerate(value):
+        if index < skip_to:
+            continue
         if escaped:
             buf.append(ch)
             escaped = False
@@ -173,6 +177,13 @@ def split_address_list(value: str) -> list[str]:
             continue
         if ch == '"':
             quoted = True
+        elif ch == "=" and not angle:
+            # RFC 2047 encoded-words are atoms here, whatever (illegal) ":" or "," they hold.
+            word = _ENCODED_WORD.match(value, index)
+            if word is not None:
+                buf.append(word.group(0))
+                skip_to = word.end()
+                continue
         elif ch == "(":
             comment = 1
         elif ch == "<":

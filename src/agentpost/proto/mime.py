@@ -91,6 +91,7 @@ def parse(raw: bytes, limits: MimeLimits = _DEFAULT_LIMITS) -> ParsedMessage:
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
 _FIELD_TEXT = re.compile(r"^([!-9;-~]+):[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.MULTILINE)
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_NOT_CONTINUATION = re.compile(rb"\n(?![ \t])")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -168,7 +169,12 @@ def _read_headers(raw: bytes, start: int, end: int, ctx: _Context, top: bool) ->
             length += line_end - pos + 2
             if length <= limits.max_header_length:
                 chunks.append(raw[pos:line_end])
-            pos = next_pos
+                pos = next_pos
+            else:
+                # Over the cap already: jump to the next line that is not a continuation.
+                field_end = _NOT_CONTINUATION.search(raw, line_end, block_end)
+                pos = block_end if field_end is None else field_end.start() + 1
+                length += pos - next_pos
             continue
         if name:
             _finish_field(name, chunks, length, fields, ctx)
@@ -183,7 +189,7 @@ def _read_headers(raw: bytes, start: int, end: int, ctx: _Context, top: bool) ->
             return fields, pos
         count += 1
         if count > limits.max_headers:
-            rest = raw.count(b"\n", pos, block_end) + 1
+            rest = raw.count(b"\n", pos, block_end) + (raw[block_end - 1] != 0x0A)
             folded = raw.count(b"\n ", pos, block_end) + raw.count(b"\n\t", pos, block_end)
             ctx.defect(f"header count {count - 1 + rest - folded} > {limits.max_headers}")
             return fields, body_start  # the rest of this block is not read
@@ -345,7 +351,7 @@ def _codec(charset: str) -> str | None:
     name = _ALIASES.get(name, name)
     try:
         info = codecs.lookup(name)
-        b"".decode(info.name)  # refuses non-text codecs such as "base64" or "zlib"
+        b"a".decode(info.name, "replace")  # refuses non-text codecs such as "base64" or "zlib"
     except (LookupError, ValueError):
         return None
     return info.name
@@ -565,7 +571,7 @@ def _walk(
             text = _decode_text(content, charset, ctx)
             if "\r" in text:
                 text = text.replace("\r\n", "\n")
-            if params.get("format", "").lower() == "flowed":
+            if params.get("format", "").lower() == "flowed" and len(text) <= _MAX_UNFLOW:
                 text = _unflow(text, params.get("delsp", "").lower() == "yes")
             out.texts.append(text)
         else:
@@ -643,20 +649,30 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes, ctx: _Co
     regions: list[tuple[int, int]] = []
     part_start = -1
     pos = start
+    misses = 0
+    line_regex: re.Pattern[bytes] | None = None
     while True:
-        found = raw.find(delimiter, pos, end)
+        if line_regex is None:
+            found = raw.find(delimiter, pos, end)
+        else:
+            match = line_regex.search(raw, pos, end)
+            found = -1 if match is None else match.start()
         if found < 0:
             break
         pos = found + 1
-        if found != start and raw[found - 1] != 0x0A:
-            continue
         after = found + size
         closing = raw.startswith(b"--", after)
         line_end = raw.find(b"\n", after, end)
         if line_end < 0:
             line_end = end
-        if not closing and raw[after:line_end].strip():
-            continue  # a longer boundary that merely starts with ours
+        if (found != start and raw[found - 1] != 0x0A) or (not closing and raw[after:line_end].strip()):
+            # Not a delimiter line (a longer boundary that starts with ours, or text that
+            # quotes it). Many of them is an attack on this loop: let the regex engine
+            # skip to real delimiter lines instead.
+            misses += 1
+            if misses == 64:
+                line_regex = re.compile(rb"^" + re.escape(delimiter) + rb"(?:--|[ \t\r\x0b\x0c]*(?:\n|\Z))", re.M)
+            continue
         if part_start >= 0:
             part_end = found
             if part_end > part_start and raw[part_end - 1] == 0x0A:
@@ -683,6 +699,10 @@ def _html_charset(content: bytes) -> str | None:
     # HTML §4.2.5.5: a <meta charset> in the first 1024 bytes declares the encoding.
     match = _META_CHARSET.search(content, 0, 1024)
     return match.group(1).decode("ascii") if match else None
+
+
+# Unwrapping is a per-line Python loop; past this size the text stays as sent.
+_MAX_UNFLOW = 1024 * 1024
 
 
 def _unflow(text: str, delsp: bool) -> str:

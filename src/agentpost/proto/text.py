@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 import nh3
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
-from mailparser_reply import EmailMessage
 from mailparser_reply.constants import GENERIC_MAIL_SEPARATOR, MAIL_LANGUAGES
 
 __all__ = ["extract_reply", "extract_reply_html", "html_to_text", "preview", "sanitize_html"]
@@ -50,11 +49,27 @@ def html_to_text(html: str) -> str:
     """Readable text of an HTML body (links kept as "[text](url)"); hidden preheaders dropped."""
     if not html or not html.strip():
         return ""
+    if len(html) > MAX_RICH_HTML:
+        return _tidy(_crude_text(html))
     try:
         text = get_text(_hide_invisible(html), _CONFIG)
     except Exception:  # lxml or inscriptis on hostile markup: fall back to crude tag stripping
-        text = unescape(_TAG.sub(" ", _SCRIPT_STYLE.sub(" ", html)))
+        text = _crude_text(html)
     return _tidy(text)
+
+
+# inscriptis and html.parser walk the document in Python (about 1 s per MB); past this
+# size a regex conversion keeps the cost bounded at the price of layout.
+MAX_RICH_HTML = 1024 * 1024
+_BREAKS = re.compile(r"<(?:br|/p|/div|/tr|/li|/h[1-6]|/table|hr)\b[^>]*>", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+
+
+def _crude_text(html: str) -> str:
+    text = _SCRIPT_STYLE.sub(" ", html)
+    text = _BREAKS.sub("\n", text)
+    text = unescape(_TAG.sub(" ", text))
+    return _SPACES.sub(" ", text)
 
 
 def _tidy(text: str) -> str:
@@ -131,20 +146,38 @@ def sanitize_html(html: str) -> str:
 
 # --------------------------------------------------------------------------- quoted replies
 
-# Cheap test before the library: does the text hold anything that looks like quoted history,
-# a reply header of any client language, or a signature delimiter?
-_MARKERS = re.compile(
-    r"^[ \t]*>"
-    r"|wrote:|schrieb|a écrit|escribió|escreveu|ha scritto|schreef|skrev|napsal|napisał|nadesłał"
-    r"|写道|작성하였습니다|\d{4}年\d{1,2}月\d{1,2}日"
-    r"|^[ \t*]*(?:From|Von|De|Da|Van|Od|Fra|Från|Sent|Gesendet|Envoyé|Enviado|Inviato|Verzonden|Wysłano|Odesláno"
-    r"|Skickat|Sendt|보낸\s?사람|发件人)\s*:"
-    r"|Original Message|Oprindelig meddelelse|Forwarded message|Weitergeleitete Nachricht|Message transféré"
-    r"|^--[ \t]*$|^_{2,}|^-{32,}"
-    r"|Sent from my|Get Outlook for|Gesendet von|Envoyé depuis|Enviado desde|Inviato da|Verzonden vanaf"
-    r"|Skickat från|Sendt fra|Wysłano z|Odesláno z|从我的|에서 보냄",
-    re.MULTILINE | re.IGNORECASE,
+# Cheap test before any regex: does the text hold anything that looks like quoted history,
+# a reply header of any client language, or a signature delimiter? Substring tests on a
+# lowercased copy run at C speed; a regex alternation over every position would not.
+_QUOTE_LINE = re.compile(r"^[ \t]*>", re.MULTILINE)
+_KEYWORDS = (
+    "wrote", "schrieb", "a écrit", "escribió", "escreveu", "ha scritto", "schreef", "skrev", "napsal",
+    "napisał", "nadesłał", "写道", "작성하였습니다", "年",
+    "original message", "oprindelig meddelelse", "forwarded message", "weitergeleitete nachricht",
+    "message transféré", "mensaje reenviado", "\n-- \n", "\n--\n", "\n-- \r", "\n--\r", "__", "-----",
+    "sent from my", "get outlook for", "gesendet von", "envoyé depuis", "enviado desde", "inviato da",
+    "verzonden vanaf", "skickat från", "sendt fra", "wysłano z", "odesláno z", "从我的", "에서 보냄",
+    "보낸 사람", "보낸사람", "发件人",
+)  # fmt: skip
+_HEADER_NAMES = (
+    "from", "von", "de", "da", "van", "od", "fra", "från", "sent", "gesendet", "envoyé", "enviado", "inviato",
+    "verzonden", "wysłano", "odesláno", "skickat", "sendt",
+)  # fmt: skip
+_HEADER_LINE_STARTS = tuple(
+    f"\n{prefix}{name}{colon}" for name in _HEADER_NAMES for prefix in ("", "*") for colon in (":", " :")
 )
+
+
+def _has_markers(text: str) -> bool:
+    text = text[:_MAX_SCAN]  # only this much is ever searched for reply headers
+    if ">" in text and _QUOTE_LINE.search(text):
+        return True
+    lowered = "\n" + text.lower()
+    if any(keyword in lowered for keyword in _KEYWORDS):
+        return True
+    # Every reply-header line start holds a colon; most prose without one skips this.
+    return ":" in lowered and any(start in lowered for start in _HEADER_LINE_STARTS)
+
 
 _LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "cs", "pl", "ja", "ko", "zh")
 # Polish "from" headers match a single "Od:"/"Do:"/"Data:" line; too eager for prose.
@@ -191,8 +224,6 @@ def _build_signature_words() -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 _HEADER_REGEX = _build_header_regex()
 _VALEDICTION, _SENT_FROM = _build_signature_words()
-# The library always gets its own three regexes from us, so it never rebuilds them.
-_NEVER = re.compile(r"(?!x)x")
 _OUTLOOK_SEPARATOR = re.compile(r"([^\n])(\n{2,} ?[_-]{32,})")
 _SIG_DELIMITER = re.compile(r"^-- ?$")
 
@@ -202,46 +233,86 @@ def extract_reply(text: str) -> str:
     if not text:
         return ""
     try:
-        if not _MARKERS.search(text):
+        if not _has_markers(text):
             return text.strip()
-        reply = _split_reply(text)
-        return reply or text.strip()
+        return _split_reply(text) or text.replace("\r\n", "\n").strip()
     except Exception:  # a regex or library failure must not lose the message text
         return text.strip()
 
 
 def _split_reply(text: str) -> str:
-    # Normalise like the library does, but keep indentation (code, lists): strip line ends only.
-    normalised = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+    # The new part of a reply is at its top: look for reply headers in the first part of
+    # a long text only, so the work stays bounded.
+    window = text[:_MAX_SCAN]
+    # Normalise line ends but keep indentation (code, lists): strip line ends only.
+    normalised = "\n".join(line.rstrip() for line in window.replace("\r\n", "\n").split("\n"))
     normalised = _OUTLOOK_SEPARATOR.sub("\\1\n\\2", normalised)
-    message = EmailMessage(
-        text="",
-        languages=["en"],
-        keep_hyphen_lists=True,
-        _header_regex=_HEADER_REGEX,
-        _disclaimers_regex=_NEVER,
-        _signature_regex=_NEVER,
-    )
-    message.text = normalised
-    message.read()
-    if not message.replies:
-        return ""
-    first = message.replies[0]
-    content: str = first.content
-    if first.headers:
-        content = content.replace(first.headers, "", 1)
-    return _strip_signature(_strip_quote_blocks(content))
+    # The library's reply headers, tried only where one can start: at a line holding a
+    # colon, or the line before one (attributions wrap). EmailMessage.read() would run the
+    # whole multilingual regex at every position, several times slower.
+    segments: list[str] = []
+    position = 0
+    for start in _candidate_lines(normalised):
+        if start < position:
+            continue
+        match = _HEADER_REGEX.match(normalised, start)
+        if match is None or match.end() == start:
+            continue
+        segments.append(normalised[position:start])
+        position = match.end()
+    if not segments and len(text) > len(window):
+        return ""  # no reply header in the window: keep the whole long text
+    segments.append(normalised[position:])
+    # The first segment with text of its own is the new part; a bottom-posted reply has
+    # only quotes before its attribution line.
+    for segment in segments:
+        reply = _strip_signature(_strip_quote_blocks(segment))
+        if reply:
+            return reply
+    return ""
+
+
+_MAX_SCAN = 200_000
+
+
+def _candidate_lines(text: str) -> list[int]:
+    starts: list[int] = []
+    previous = 0
+    for match in _LINE_WITH_COLON.finditer(text):
+        line_start = match.start()
+        if line_start > 0:
+            before = text.rfind("\n", 0, line_start - 1) + 1
+            if before >= previous and (not starts or starts[-1] != before):
+                starts.append(before)
+        if not starts or starts[-1] != line_start:
+            starts.append(line_start)
+        previous = line_start
+    return starts
+
+
+_LINE_WITH_COLON = re.compile(r"^[^\n]*(?:[:：]|^-{5,})", re.MULTILINE)
 
 
 def _strip_quote_blocks(content: str) -> str:
-    """Drop leading and trailing runs of "> " quoted lines; interleaved quotes stay as context."""
+    """Drop leading and trailing runs of "> " quoted lines and separator rules.
+
+    Interleaved quotes stay: they are the context of the answers between them.
+    """
     lines = content.split("\n")
     start, end = 0, len(lines)
-    while end > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
+    while end > start and _is_quote_or_rule(lines[end - 1]):
         end -= 1
-    while start < end and (not lines[start].strip() or lines[start].lstrip().startswith(">")):
+    while start < end and _is_quote_or_rule(lines[start]):
         start += 1
     return "\n".join(lines[start:end]).strip()
+
+
+def _is_quote_or_rule(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith(">") or _RULE.fullmatch(stripped) is not None
+
+
+_RULE = re.compile(r"[-_=*]{5,}")
 
 
 def _strip_signature(content: str) -> str:
@@ -322,6 +393,8 @@ def extract_reply_html(html: str) -> str:
     """Best effort: the HTML of a reply without its quoted history, sanitised."""
     if not html:
         return ""
+    if len(html) > MAX_RICH_HTML:
+        return sanitize_html(html)
     try:
         finder = _QuoteFinder(html)
         finder.feed(html)

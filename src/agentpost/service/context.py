@@ -7,11 +7,11 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from agentpost.inbound.checks import Directory
 from agentpost.notify.bus import EventBus
 from agentpost.store.db import Database
 
@@ -61,7 +61,8 @@ class Context:
     db: Database
     sealer: Sealer
     bus: EventBus
-    directory: Directory
+    # Called after inboxes or domains change, so routing caches (the MX directory) refresh.
+    routing_changed: Callable[[], None]
     hostname: str
     public_url: str
     mx_host: str = ""

@@ -70,7 +70,7 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
         )
         if not created and row.organization_id != who.organization_id:
             raise Conflict(f"domain {name} is hosted by another organisation")
-    ctx.directory.forget()
+    ctx.routing_changed()
     return domain_store.to_domain(row, records(ctx, row.domain)), created
 
 
@@ -103,7 +103,7 @@ async def delete(ctx: Context, who: Principal, domain_id: str) -> None:
         if row is None:
             raise NotFound("domain not found")
         await domain_store.delete(conn, row.id)
-    ctx.directory.forget()
+    ctx.routing_changed()
 
 
 async def update(ctx: Context, who: Principal, domain_id: str, req: schemas.UpdateDomain) -> schemas.Domain:
@@ -120,8 +120,8 @@ async def update(ctx: Context, who: Principal, domain_id: str, req: schemas.Upda
         }
         if values:
             await domain_store.update(conn, row.id, **values)
-        row = await domain_store.get_row(conn, who.organization_id, row.id)
-    return domain_store.to_domain(row, records(ctx, row.domain))
+        updated = await domain_store.get_row(conn, who.organization_id, row.id)
+    return domain_store.to_domain(updated or row, records(ctx, row.domain))
 
 
 def zone_file(domain: schemas.Domain) -> str:

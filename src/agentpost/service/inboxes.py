@@ -63,7 +63,7 @@ async def create(ctx: Context, who: Principal, req: schemas.CreateInbox) -> tupl
             req.status or "active",
             req.metadata,
         )
-    ctx.directory.forget()
+    ctx.routing_changed()
     return inbox_store.to_inbox(row), True
 
 
@@ -115,7 +115,7 @@ async def update(ctx: Context, who: Principal, inbox_id: str, req: schemas.Updat
         if values:
             await inbox_store.update(conn, row.id, **values)
         row = await inbox_store.get_row(conn, inbox_id)
-    ctx.directory.forget()
+    ctx.routing_changed()
     return inbox_store.to_inbox(row)
 
 
@@ -128,4 +128,4 @@ async def delete(ctx: Context, who: Principal, inbox_id: str) -> None:
             raise NotFound("inbox not found")
         await message_store.delete_inbox_mail(conn, row.id)
         await inbox_store.delete(conn, row.id)
-    ctx.directory.forget()
+    ctx.routing_changed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from agentpost import model, schemas
 from agentpost.errors import Invalid, NotFound
@@ -63,8 +64,8 @@ def _clean_labels(values: str | list[str] | None, field: str) -> list[str]:
     return items
 
 
-async def _inbox_row_checked(conn: object, who: Principal, inbox_id: str) -> None:
-    row = await inbox_store.get_row(conn, inbox_id)  # type: ignore[arg-type]
+async def _inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> None:
+    row = await inbox_store.get_row(conn, inbox_id)
     if row is None or row.organization_id != who.organization_id:
         raise NotFound("inbox not found")
 
@@ -94,7 +95,7 @@ async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: L
     return schemas.ListMessages(count=len(rows), limit=n, next_page_token=token, messages=[m for _, m in rows])
 
 
-async def _message_row(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> object:
+async def _message_row(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> Any:
     who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:
         await _inbox_row_checked(conn, who, inbox_id)
@@ -229,7 +230,7 @@ async def list_threads(ctx: Context, who: Principal, inbox_id: str | None, q: Li
     )
 
 
-async def _thread_row(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str) -> object:
+async def _thread_row(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str) -> Any:
     if inbox_id is not None:
         who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:

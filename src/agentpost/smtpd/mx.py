@@ -51,8 +51,13 @@ def _line(reply: Reply) -> str:
     return f"{reply.code} {reply.enhanced} {reply.text}"
 
 
-class MxSession(SMTP):  # type: ignore[misc]
+class MxSession(SMTP):
     """aiosmtpd's SMTP with enhanced status codes on every reply and per-IP connection limits."""
+
+    # RFC 5321 §4.5.3.1.6 caps text lines at 998 octets, but real senders (Amazon SES, GMX
+    # bounces) exceed it; refusing their mail helps nobody. Accept up to 64 KiB per line: the
+    # parser records the defect.
+    line_length_limit = 64 * 1024
 
     def __init__(self, handler: MxHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -113,7 +118,9 @@ class MxHandler:
         session.host_name = hostname
         # RFC 2920 (PIPELINING): aiosmtpd reads commands in order from its buffer, so batches work.
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return responses[:-1] + extra + responses[-1:]
+        # An MX takes mail for its own domains only; it never authenticates (no AUTH offered).
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return kept + extra + responses[-1:]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -122,9 +129,11 @@ class MxHandler:
         refusal = self.limiter.message(ip)
         if refusal is not None:
             return _line(refusal)
-        envelope.mail_from = "" if address == "<>" else address
+        # aiosmtpd treats an empty mail_from as "no MAIL yet": keep "<>" for the null
+        # reverse-path (RFC 5321 §4.5.5, bounces) and map it to "" when handing over.
+        envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        envelope.routes = []
+        envelope.routes = []  # type: ignore[attr-defined]  # our per-transaction routing
         return _line(codes.R250_SENDER_OK)
 
     async def handle_RCPT(
@@ -140,7 +149,7 @@ class MxHandler:
         if any(r.inbox_id == decision.inbox_id for r in routes):
             return _line(codes.R250_RCPT_OK)  # duplicate RCPT: one copy per inbox
         routes.append(decision)
-        envelope.routes = routes
+        envelope.routes = routes  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return _line(codes.R250_RCPT_OK)
@@ -153,7 +162,7 @@ class MxHandler:
                 tls = str(ssl_object.version() or "TLS")
         peer = session.peer or ("", 0)
         mail_envelope = MailEnvelope(
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_to=list(envelope.rcpt_tos),
             helo=session.host_name or "",
             client_ip=str(peer[0]),
@@ -221,7 +230,7 @@ class MxServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._session, self.host, self.port, reuse_address=True, backlog=512)
-        sockets = self._server.sockets or []
+        sockets = list(self._server.sockets or [])
         if sockets and self.port == 0:
             self.port = sockets[0].getsockname()[1]
         log.info("MX listening on %s:%s", self.host, self.port)

@@ -335,7 +335,7 @@ def to_item(row: Any) -> schemas.MessageItem:
         message_id=row.message_id,
         labels=labelset.load(row.labels),
         timestamp=row.timestamp,
-        from_=row.header_from,
+        **{"from": row.header_from},
         to=row.to or [],
         cc=row.cc,
         bcc=row.bcc,
