@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from standardwebhooks.webhooks import Webhook as Signer
@@ -42,6 +43,10 @@ def sign_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> dic
     return headers
 
 
+def _is_due(when: datetime | None) -> bool:
+    return when is not None and when <= utcnow()
+
+
 class WebhookWorker:
     def __init__(
         self,
@@ -66,6 +71,12 @@ class WebhookWorker:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, config.concurrency))
+        self.coalesce = 0.02
+        self._has_hooks = False
+        self._hooks_checked_at = -1e9
+        # Whether a pending delivery may be due; refreshed every poll so retries and other nodes'
+        # rows are picked up.
+        self._due_hint = True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="webhook-worker")
@@ -98,19 +109,33 @@ class WebhookWorker:
                     await asyncio.wait_for(wake.wait(), self.poll_interval)
                 except TimeoutError:
                     pass
+                # Under load commits arrive hundreds of times a second: gather them into one pass
+                # rather than contending for the write lock after each.
+                await asyncio.sleep(self.coalesce)
         finally:
             self.bus.unsubscribe(wake)
 
     async def step(self) -> None:
         """One pass: fan out new events, then start every due delivery."""
-        async with self.db.write() as conn:
-            await webhook_store.fan_out(conn)
+        now = time.monotonic()
+        if now >= self._hooks_checked_at + self.poll_interval:
+            async with self.db.read() as conn:
+                self._has_hooks = await webhook_store.any_enabled(conn)
+                self._due_hint = self._due_hint or _is_due(await webhook_store.next_due(conn))
+            self._hooks_checked_at = now
+        if self._has_hooks:
+            # Without subscriptions there is nothing to fan out; the cursor stays where it is and
+            # a webhook created later picks up from there (it only receives events newer than itself).
+            async with self.db.write() as conn:
+                if await webhook_store.fan_out(conn):
+                    self._due_hint = True
         free = max(0, self.config.concurrency - len(self._inflight))
-        if free == 0:
+        if free == 0 or not self._due_hint:
             return
         lease = timedelta(seconds=self.config.timeout * 3 + 30)
         async with self.db.write() as conn:
             claimed = await webhook_store.claim_due(conn, free, lease)
+            self._due_hint = len(claimed) == free or _is_due(await webhook_store.next_due(conn))
         for item in claimed:
             task = asyncio.create_task(self._deliver(item))
             self._inflight.add(task)

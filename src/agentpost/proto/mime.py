@@ -77,11 +77,14 @@ _DEFAULT_LIMITS = MimeLimits()
 
 def parse(raw: bytes, limits: MimeLimits = _DEFAULT_LIMITS) -> ParsedMessage:
     """Parse one message; never raises, records what was wrong in ``defects``."""
+    if not isinstance(raw, bytes):
+        if not isinstance(raw, (bytearray, memoryview)):
+            return _empty(0, [f"parser error: {type(raw).__name__} is not bytes"])
+        raw = bytes(raw)
     try:
-        return _parse(bytes(raw), limits)
+        return _parse(raw, limits)
     except Exception as exc:  # the last line of defence: a parser bug must not drop mail
-        size = len(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else 0
-        return _empty(size, [f"parser error: {type(exc).__name__}"])
+        return _empty(len(raw), [f"parser error: {type(exc).__name__}"])
 
 
 # --------------------------------------------------------------------------- header blocks

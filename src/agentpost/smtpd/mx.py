@@ -8,7 +8,7 @@ import re
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, login_always_fail
 
 from agentpost.errors import Rejected
 from agentpost.inbound.checks import Directory, RateLimiter, Route
@@ -45,6 +45,7 @@ _DEFAULT_ENHANCED = {
     555: "5.5.4",
 }
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)?)>(.*)$")
 
 
 def _line(reply: Reply) -> str:
@@ -59,10 +60,67 @@ class MxSession(SMTP):
     # parser records the defect.
     line_length_limit = 64 * 1024
 
-    def __init__(self, handler: MxHandler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    # Commands this session answers; bound per connection below.
+    _COMMANDS = tuple(name[5:] for name in dir(SMTP) if name.startswith("smtp_"))
+
+    def __init__(
+        self,
+        handler: MxHandler,
+        hooks: dict[str, Any],
+        *,
+        hostname: str,
+        data_size_limit: int,
+        tls_context: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:
+        # The state aiosmtpd 1.4.6 (pinned) SMTP.__init__ sets, without its per-connection
+        # introspection (inspect.getmembers, dir(), inspect.signature): that alone cost more per
+        # connection than parsing the message. The MX offers no AUTH (no auth mechanisms).
+        self.__ident__ = "agentpost ESMTP"
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.require_starttls = False
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._auth_callback = login_always_fail
+        self._authenticator = None
+        self._auth_required = False
+        self._auth_methods = {}
+        self._handle_hooks = hooks
+        self._ehlo_hook_ver = "new"
+        self._smtp_methods = {name: getattr(self, "smtp_" + name) for name in self._COMMANDS}
+        self._enforce_call_limit = False
         self.mx = handler
         self._peer_ip = ""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Fast path for the usual "<local@domain> PARAMS" (RFC 5321 §4.1.2 Path); anything
+        # unusual (quoted local parts, source routes, bare addresses) goes to aiosmtpd's parser.
+        match = _SIMPLE_PATH.match(arg)
+        if match is not None:
+            return match.group(1) or "<>", match.group(2)
+        address, rest = super()._getaddr(arg)
+        return address, rest
 
     async def push(self, status: str | bytes) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
@@ -211,20 +269,17 @@ class MxServer:
         self.tls_context = tls_context
         self.command_timeout = command_timeout
         self._server: asyncio.Server | None = None
+        # aiosmtpd hook table ("MAIL" -> handler.handle_MAIL), built once, not per connection.
+        self._hooks = {name[7:]: getattr(handler, name) for name in dir(handler) if name.startswith("handle_")}
 
     def _session(self) -> MxSession:
         return MxSession(
             self.handler,
+            self._hooks,
             hostname=self.hostname,
-            ident="agentpost ESMTP",
             data_size_limit=self.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             tls_context=self.tls_context,
-            require_starttls=False,
             timeout=self.command_timeout,
-            # RFC 5321 §4.5.3.1.6: text lines up to 998 octets; allow generous slack for bad
-            # senders, the parser records the defect.
         )
 
     async def start(self) -> None:

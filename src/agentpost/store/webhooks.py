@@ -198,3 +198,9 @@ async def next_due(conn: AsyncConnection) -> datetime | None:
     query = sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(webhook_deliveries.c.status == "pending")
     value = (await conn.execute(query)).scalar_one_or_none()
     return value if isinstance(value, datetime) else None
+
+
+async def any_enabled(conn: AsyncConnection) -> bool:
+    return (
+        await conn.execute(sa.select(webhooks.c.id).where(webhooks.c.enabled.is_(True)).limit(1))
+    ).first() is not None
