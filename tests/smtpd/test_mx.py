@@ -145,3 +145,23 @@ def test_client_without_tls_context_can_still_negotiate_tls_1_2_or_better(
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
         code, _ = client.ehlo("after.tls.test")
         assert code == 250
+
+
+def test_dot_stuffed_lines_and_an_empty_body_are_stored_as_sent(shared_server: AgentpostServer, inbox: str) -> None:
+    import httpx
+
+    body = b"Message-ID: <dots@remote.test>\r\nSubject: dots\r\n\r\n.leading dot\r\n.\r\n..two\r\nend.\r\n"
+    # smtplib dot-stuffs on the wire (RFC 5321 4.5.2); the server must undo it exactly.
+    assert send_raw(shared_server.mx_host, shared_server.mx_port, "a@remote.test", [inbox], body)[0] == 250
+    with smtp(shared_server.mx_host, shared_server.mx_port) as client:
+        client.mail("a@remote.test")
+        client.rcpt(inbox)
+        code, _ = client.docmd("DATA")
+        assert code == 354
+        client.send(b".\r\n")  # an empty message
+        assert client.getreply()[0] == 250
+    with shared_server.client() as http:
+        wait_list(http, f"/v0/inboxes/{inbox}/messages", "messages", 1)
+        raw = http.get(f"/v0/inboxes/{inbox}/messages/<dots@remote.test>/raw").json()
+        data = httpx.get(raw["download_url"]).content
+    assert data.endswith(b"\r\n\r\n.leading dot\r\n.\r\n..two\r\nend.\r\n")

@@ -8,7 +8,7 @@ import re
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, login_always_fail
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, login_always_fail
 
 from agentpost.errors import Rejected
 from agentpost.inbound.checks import Directory, RateLimiter, Route
@@ -93,6 +93,7 @@ class MxSession(SMTP):
         self.require_starttls = False
         self._timeout_duration = timeout
         self._timeout_handle = None
+        self._deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -112,6 +113,72 @@ class MxSession(SMTP):
         self._enforce_call_limit = False
         self.mx = handler
         self._peer_ip = ""
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms a loop timer after every command; moving a deadline instead and
+        # checking it when the one timer fires does the same with no timer churn.
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        if self._timeout_handle is None:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        if self.transport is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA (RFC 5321 §4.1.1.4) read in blocks up to CRLF.CRLF, not line by line.
+
+        Same replies as aiosmtpd's, including 552 after the whole body when it is too big
+        (§4.2.5: the reply comes after the data). Dot-stuffing is undone per §4.5.2.
+        """
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit or 0
+        # The CRLF ending the DATA line is the first half of the terminator, so an empty message
+        # is a lone ".\r\n": keep it in front and look for "\r\n.\r\n" at the end of what was read.
+        buffer = bytearray(b"\r\n")
+        size = 0
+        too_big = False
+        while True:
+            try:
+                buffer += await self._reader.readuntil(b".\r\n")
+                complete = True
+            except asyncio.LimitOverrunError as overrun:
+                buffer += await self._reader.readexactly(overrun.consumed)
+                complete = False
+            if complete and buffer.endswith(b"\r\n.\r\n"):
+                break
+            if limit and len(buffer) + size > limit + 5:
+                # Too big: keep reading to the end (the reply comes after the data) but keep only
+                # the tail needed to recognise the terminator.
+                too_big = True
+                size += len(buffer) - 4
+                del buffer[:-4]
+        if too_big or (limit and len(buffer) - 5 > limit):
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("552 5.3.4 Error: Too much mail data")
+            return
+        # Drop the leading CRLF and the ".\r\n"; undo dot-stuffing on every line (§4.5.2).
+        content = bytes(buffer[:-3]).replace(b"\r\n.", b"\r\n")[2:]
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Fast path for the usual "<local@domain> PARAMS" (RFC 5321 §4.1.2 Path); anything
