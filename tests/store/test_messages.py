@@ -64,8 +64,7 @@ async def test_a_reply_in_the_same_batch_joins_its_parents_thread(db: Any) -> No
         _message(org, inbox, "<b@x>", ["<a@x>"]),
         _message(org, inbox, "<c@x>", subject="s"),
     ]
-    async with db.write() as conn:
-        saved = await message_store.save_batch(conn, batch)
+    saved = await db.run_write(message_store.save_batch, batch)
     assert saved[0].thread_id == saved[1].thread_id != saved[2].thread_id
     async with db.read() as conn:
         thread = await message_store.get_thread_row(conn, saved[0].thread_id)
@@ -75,12 +74,9 @@ async def test_a_reply_in_the_same_batch_joins_its_parents_thread(db: Any) -> No
 
 async def test_a_later_reply_joins_the_stored_thread_and_updates_it(db: Any) -> None:
     org, inbox = await _inbox(db)
-    async with db.write() as conn:
-        first = (await message_store.save_batch(conn, [_message(org, inbox, "<root@x>")]))[0]
-    async with db.write() as conn:
-        second = (await message_store.save_batch(conn, [_message(org, inbox, "<r2@x>", ["<unknown@x>", "<root@x>"])]))[
-            0
-        ]
+    first = (await db.run_write(message_store.save_batch, [_message(org, inbox, "<root@x>")]))[0]
+    reply = _message(org, inbox, "<r2@x>", ["<unknown@x>", "<root@x>"])
+    second = (await db.run_write(message_store.save_batch, [reply]))[0]
     assert second.thread_id == first.thread_id
     async with db.read() as conn:
         row = await message_store.get_thread_row(conn, first.thread_id)
@@ -93,9 +89,8 @@ async def test_a_later_reply_joins_the_stored_thread_and_updates_it(db: Any) -> 
 async def test_threads_are_per_inbox_even_for_the_same_references(db: Any) -> None:
     org, first = await _inbox(db, "one@store.example.test")
     _, second = await _inbox(db, "two@store.example.test")
-    async with db.write() as conn:
-        a = (await message_store.save_batch(conn, [_message(org, first, "<p@x>")]))[0]
-        b = (await message_store.save_batch(conn, [_message(org, second, "<q@x>", ["<p@x>"])]))[0]
+    a = (await db.run_write(message_store.save_batch, [_message(org, first, "<p@x>")]))[0]
+    b = (await db.run_write(message_store.save_batch, [_message(org, second, "<q@x>", ["<p@x>"])]))[0]
     assert a.thread_id != b.thread_id
 
 
@@ -123,8 +118,7 @@ async def test_label_filters_include_and_exclude(db: Any) -> None:
     org, inbox = await _inbox(db)
     spam = _message(org, inbox, "<spam@x>")
     spam.labels = ["received", "spam"]
-    async with db.write() as conn:
-        await message_store.save_batch(conn, [spam, _message(org, inbox, "<ham@x>")])
+    await db.run_write(message_store.save_batch, [spam, _message(org, inbox, "<ham@x>")])
     async with db.read() as conn:
         default = await message_store.list_messages(
             conn, organization_id=org, inbox_id=inbox, flt=MessageFilter(exclude_labels=["spam"]), limit=10, cursor=None

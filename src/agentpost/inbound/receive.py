@@ -72,8 +72,7 @@ class GroupCommitter:
 
     async def commit(self, items: list[NewMessage]) -> list[Saved]:
         if self._task is None:
-            async with self.db.write() as conn:
-                return await message_store.save_batch(conn, items)
+            return await self.db.run_write(message_store.save_batch, items)
         future: asyncio.Future[list[Saved]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(items, future))
         return await future
@@ -90,8 +89,7 @@ class GroupCommitter:
 
     async def _write(self, group: list[_Pending]) -> None:
         try:
-            async with self.db.write() as conn:
-                saved = await message_store.save_batch(conn, [i for p in group for i in p.items])
+            saved = await self.db.run_write(message_store.save_batch, [i for p in group for i in p.items])
         except asyncio.CancelledError:
             for p in group:
                 if not p.future.done():

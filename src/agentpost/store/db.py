@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
+
+
+def sync_url(url: str) -> str:
+    """The synchronous driver for the group-commit writer thread (same database)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def async_url(url: str) -> str:
@@ -28,6 +37,7 @@ class Database:
     """Owns the engine. ``write()`` opens a writer transaction, ``read()`` a reader one."""
 
     def __init__(self, url: str) -> None:
+        self.user_url = url
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -43,13 +53,18 @@ class Database:
             kwargs["max_overflow"] = 10
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
-            self._configure_sqlite(self.engine)
+            self._configure_sqlite(self.engine.sync_engine)
+        # The hot write path (received mail, in groups) runs whole transactions in one thread
+        # hop on a synchronous engine: per statement hops through the async driver cost more
+        # than the statements themselves.
+        self._sync_engine: sa.Engine | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         # SQLite allows one writer: serialise writers in-process instead of spinning on SQLITE_BUSY.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @staticmethod
-    def _configure_sqlite(engine: AsyncEngine) -> None:
-        @event.listens_for(engine.sync_engine, "connect")
+    def _configure_sqlite(engine: sa.Engine) -> None:
+        @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # Take over transaction control so a writer can BEGIN IMMEDIATE: a deferred
             # transaction that later upgrades to a writer fails with SQLITE_BUSY regardless of
@@ -64,7 +79,7 @@ class Database:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
             mode = "IMMEDIATE" if conn.get_execution_options().get("writer") else "DEFERRED"
             conn.exec_driver_sql(f"BEGIN {mode}")
@@ -81,6 +96,31 @@ class Database:
         else:
             async with self.engine.begin() as conn:
                 yield conn
+
+    def _sync(self) -> sa.Engine:
+        if self._sync_engine is None:
+            url = sync_url(self.user_url)
+            engine = sa.create_engine(
+                url, pool_size=1, max_overflow=0, connect_args={"timeout": 30} if self.is_sqlite else {}
+            )
+            if self.is_sqlite:
+                self._configure_sqlite(engine)
+            self._sync_engine = engine
+        return self._sync_engine
+
+    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        with self._sync().connect() as conn:
+            conn = conn.execution_options(writer=True)
+            with conn.begin():
+                return fn(conn, *args)
+
+    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` as one read-write transaction in the writer thread."""
+        loop = asyncio.get_running_loop()
+        if self._write_lock is not None:
+            async with self._write_lock:
+                return await loop.run_in_executor(self._writer, self._run_sync, fn, args)
+        return await loop.run_in_executor(self._writer, self._run_sync, fn, args)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -104,3 +144,6 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
+        self._writer.shutdown(wait=True)

@@ -114,7 +114,7 @@ def _attachment_dicts(items: list[NewAttachment]) -> list[dict[str, Any]]:
     ]
 
 
-async def save_batch(conn: AsyncConnection, batch: list[NewMessage]) -> list[Saved]:
+def save_batch(conn: sa.Connection, batch: list[NewMessage]) -> list[Saved]:
     """Store messages, thread them and log their events in the caller's ONE transaction.
 
     Threading (RFC 5322 §3.6.4): a message joins the thread of the newest message in the same
@@ -132,7 +132,7 @@ async def save_batch(conn: AsyncConnection, batch: list[NewMessage]) -> list[Sav
     if wanted:
         wanted_list = sorted(wanted)
         for start in range(0, len(wanted_list), 500):
-            rows = await conn.execute(
+            rows = conn.execute(
                 sa.select(messages.c.inbox_id, messages.c.message_id, messages.c.thread_id)
                 .where(messages.c.inbox_id.in_(inbox_ids), messages.c.message_id.in_(wanted_list[start : start + 500]))
                 .order_by(messages.c.id)
@@ -151,7 +151,7 @@ async def save_batch(conn: AsyncConnection, batch: list[NewMessage]) -> list[Sav
     states: dict[str, _ThreadState] = {}
     existing_ids = sorted(set(chosen))
     for start in range(0, len(existing_ids), 500):
-        rows = await conn.execute(sa.select(threads).where(threads.c.id.in_(existing_ids[start : start + 500])))
+        rows = conn.execute(sa.select(threads).where(threads.c.id.in_(existing_ids[start : start + 500])))
         for r in rows:
             states[r.id] = _ThreadState(
                 id=r.id,
@@ -300,20 +300,20 @@ async def save_batch(conn: AsyncConnection, batch: list[NewMessage]) -> list[Sav
             row["b_id"] = state.id
             changed_threads.append(row)
     if blob_rows:
-        await conn.execute(blobs.insert(), blob_rows)
+        conn.execute(blobs.insert(), blob_rows)
     if new_threads:
-        await conn.execute(threads.insert(), new_threads)
+        conn.execute(threads.insert(), new_threads)
     if changed_threads:
         stmt = (
             threads.update()
             .where(threads.c.id == sa.bindparam("b_id"))
             .values({k: sa.bindparam(k) for k in changed_threads[0] if k != "b_id"})
         )
-        await conn.execute(stmt, changed_threads)
-    await conn.execute(messages.insert(), message_rows)
+        conn.execute(stmt, changed_threads)
+    conn.execute(messages.insert(), message_rows)
     if attachment_rows:
-        await conn.execute(attachments.insert(), attachment_rows)
-    await conn.execute(events.insert(), event_rows)
+        conn.execute(attachments.insert(), attachment_rows)
+    conn.execute(events.insert(), event_rows)
     return saved
 
 
