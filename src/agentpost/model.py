@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def new_id(prefix: str = "") -> str:
     """A time-ordered, 128-bit random id (ULID layout: 48-bit ms time + 80 random bits).
 
     Ordering ids orders rows by creation time, so cursor pagination can key on the id alone.
+    Base32hex keeps that order in the text: its alphabet (0-9, a-v) sorts like the numbers.
     """
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
+    raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10)
+    return prefix + base64.b32hexencode(raw)[:26].decode().lower()
 
 
 def utcnow() -> datetime:

@@ -74,8 +74,10 @@ class Directory:
         self.ttl = ttl
         self._inboxes: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._domains: tuple[float, dict[str, str]] = (0.0, {})
+        self._routes: dict[str, tuple[float, Route | Reply]] = {}
 
     def forget(self) -> None:
+        self._routes.clear()
         self._inboxes.clear()
         self._domains = (0.0, {})
 
@@ -104,6 +106,17 @@ class Directory:
 
     async def route(self, rcpt: str) -> Route | Reply:
         """RCPT TO decision (RFC 5321 §3.3): relay denied, no such user, or where it goes."""
+        now = time.monotonic()
+        hit = self._routes.get(rcpt)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        decision = await self._route(rcpt)
+        if len(self._routes) > 100_000:
+            self._routes.clear()
+        self._routes[rcpt] = (now + self.ttl, decision)
+        return decision
+
+    async def _route(self, rcpt: str) -> Route | Reply:
         try:
             address = parse_path(rcpt)
         except AddressError:

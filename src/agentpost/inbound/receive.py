@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import format_datetime
 
 from agentpost import model
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 # Messages larger than this are parsed in a worker thread so the event loop keeps serving
 # other sessions (the stdlib parser is pure Python).
 OFFLOAD_PARSE_BYTES = 256 * 1024
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _rfc5322_date(moment: datetime) -> str:
+    """RFC 5322 §3.3 date-time, formatted once per second (every Received: header needs one)."""
+    global _last_date
+    second = int(moment.timestamp())
+    if _last_date[0] != second:
+        _last_date = (second, format_datetime(moment.replace(microsecond=0)))
+    return _last_date[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +231,6 @@ class Receiver:
             f"Return-Path: <{mail_from}>\r\n"
             f"Received: from {helo} ([{envelope.client_ip}]){tls}\r\n"
             f"\tby {self.hostname} (agentpost) with {protocol} id {queue_id}{recipient};\r\n"
-            f"\t{format_datetime(envelope.received_at)}\r\n"
+            f"\t{_rfc5322_date(envelope.received_at)}\r\n"
         )
         return received.encode("utf-8", "replace")

@@ -8,6 +8,7 @@ import re
 import ssl
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, login_always_fail
 
 from agentpost.errors import Rejected
@@ -48,6 +49,36 @@ _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 _SIMPLE_PATH = re.compile(r"^\s*<((?:[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)?)>(.*)$")
 
 
+def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    # aiosmtpd formats every command for the log before the logger decides to drop it; ask the
+    # logger first (the MX logs at WARNING: the per-command cost was a few percent of a message).
+    logger = getattr(func, "__self__", None)
+    if logger is not None and not logger.isEnabledFor(logging.DEBUG if func.__name__ == "debug" else logging.INFO):
+        return
+    _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
+
+
+_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
+aiosmtpd.smtp.sanitized_log = _sanitized_log
+
+
+class _Commands:
+    """aiosmtpd's command table, bound on lookup instead of for every connection."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: SMTP) -> None:
+        self._session = session
+
+    def get(self, command: str, default: Any = None) -> Any:
+        if command in MxSession._COMMANDS:
+            return getattr(self._session, "smtp_" + command)
+        return default
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self._session, "smtp_" + name)) for name in MxSession._COMMANDS]
+
+
 def _line(reply: Reply) -> str:
     return f"{reply.code} {reply.enhanced} {reply.text}"
 
@@ -61,7 +92,7 @@ class MxSession(SMTP):
     line_length_limit = 64 * 1024
 
     # Commands this session answers; bound per connection below.
-    _COMMANDS = tuple(name[5:] for name in dir(SMTP) if name.startswith("smtp_"))
+    _COMMANDS = frozenset(name[5:] for name in dir(SMTP) if name.startswith("smtp_"))
 
     def __init__(
         self,
@@ -109,7 +140,7 @@ class MxSession(SMTP):
         self._auth_methods = {}
         self._handle_hooks = hooks
         self._ehlo_hook_ver = "new"
-        self._smtp_methods = {name: getattr(self, "smtp_" + name) for name in self._COMMANDS}
+        self._smtp_methods = _Commands(self)  # type: ignore[assignment]  # a dict-like view
         self._enforce_call_limit = False
         self.mx = handler
         self._peer_ip = ""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import fcntl
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +61,11 @@ class Database:
         # than the statements themselves.
         self._sync_engine: sa.Engine | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self._lock_fd: int | None = None
+        if self.is_sqlite:
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                self._lock_fd = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
         # SQLite allows one writer: serialise writers in-process instead of spinning on SQLITE_BUSY.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -109,10 +116,26 @@ class Database:
         return self._sync_engine
 
     def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with self._sync().connect() as conn:
+        with self._cross_process_write_lock(), self._sync().connect() as conn:
             conn = conn.execution_options(writer=True)
             with conn.begin():
                 return fn(conn, *args)
+
+    @contextmanager
+    def _cross_process_write_lock(self) -> Iterator[None]:
+        """SQLite has one writer at a time; several processes (MX workers) take turns here.
+
+        SQLite's own busy handler sleeps with growing back-off while another process writes;
+        a blocking flock wakes the waiter the moment the lock is released.
+        """
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` as one read-write transaction in the writer thread."""
@@ -147,3 +170,6 @@ class Database:
         if self._sync_engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
         self._writer.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 
 import sqlalchemy as sa
 
 
+@lru_cache(maxsize=1024)
+def _dump(labels: frozenset[str]) -> str:
+    return json.dumps(sorted(labels), separators=(",", ":"))
+
+
 def dump(labels: Iterable[str]) -> str:
-    return json.dumps(sorted(set(labels)), separators=(",", ":"))
+    return _dump(frozenset(labels))
 
 
 def load(text: str | None) -> list[str]:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentpost import schemas
 from agentpost.model import new_id, utcnow
 from agentpost.store import labels as labelset
+from agentpost.store.bulk import BulkInsert
 from agentpost.store.tables import attachments, blobs, events, messages, threads
 
 MAX_THREAD_PARTICIPANTS = 50
@@ -112,6 +113,13 @@ def _attachment_dicts(items: list[NewAttachment]) -> list[dict[str, Any]]:
         }
         for a in items
     ]
+
+
+_BLOBS = BulkInsert(blobs, ["id", "data", "size", "created_at"])
+_THREADS = BulkInsert(threads, [c.name for c in threads.c])
+_MESSAGES = BulkInsert(messages, [c.name for c in messages.c])
+_ATTACHMENTS = BulkInsert(attachments, [c.name for c in attachments.c])
+_EVENTS = BulkInsert(events, ["event_id", "organization_id", "inbox_id", "event_type", "payload", "created_at"])
 
 
 def save_batch(conn: sa.Connection, batch: list[NewMessage]) -> list[Saved]:
@@ -300,9 +308,9 @@ def save_batch(conn: sa.Connection, batch: list[NewMessage]) -> list[Saved]:
             row["b_id"] = state.id
             changed_threads.append(row)
     if blob_rows:
-        conn.execute(blobs.insert(), blob_rows)
+        _BLOBS.execute(conn, blob_rows)
     if new_threads:
-        conn.execute(threads.insert(), new_threads)
+        _THREADS.execute(conn, new_threads)
     if changed_threads:
         stmt = (
             threads.update()
@@ -310,10 +318,10 @@ def save_batch(conn: sa.Connection, batch: list[NewMessage]) -> list[Saved]:
             .values({k: sa.bindparam(k) for k in changed_threads[0] if k != "b_id"})
         )
         conn.execute(stmt, changed_threads)
-    conn.execute(messages.insert(), message_rows)
+    _MESSAGES.execute(conn, message_rows)
     if attachment_rows:
-        conn.execute(attachments.insert(), attachment_rows)
-    conn.execute(events.insert(), event_rows)
+        _ATTACHMENTS.execute(conn, attachment_rows)
+    _EVENTS.execute(conn, event_rows)
     return saved
 
 
