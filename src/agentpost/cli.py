@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -123,6 +124,17 @@ def serve() -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command("mx-worker", hidden=True)
+def mx_worker() -> None:
+    """An extra MX process (started by `serve`; not for direct use)."""
+    from agentpost.serve import run_mx_worker
+
+    config = _config()
+    logsetup.setup(config.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_mx_worker(config))
 
 
 @key_app.command("create")

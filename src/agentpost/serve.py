@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +91,22 @@ class Running:
     http_task: asyncio.Task[None]
     committer: GroupCommitter
     webhooks: WebhookWorker
+    mx_workers: list[subprocess.Popen[bytes]]
 
 
-async def start(config: Config) -> Running:
-    db = Database(config.database_url)
-    await db.migrate()
-    directory = Directory(db)
-    ctx = build_context(config, db, directory)
-    committer = GroupCommitter(db, config.database.commit_batch, ctx.bus.published)
+def mx_processes(config: Config) -> int:
+    _, port = split_hostport(config.mx.listen, 25)
+    if port == 0:
+        return 1  # an ephemeral port cannot be shared
+    wanted = config.mx.processes or min(os.cpu_count() or 1, 4)
+    return max(1, wanted)
+
+
+async def start_mx(
+    config: Config, db: Database, directory: Directory, on_commit: Callable[[], None]
+) -> tuple[MxServer, GroupCommitter]:
+    """The MX listener with its receive pipeline and group committer."""
+    committer = GroupCommitter(db, config.database.commit_batch, on_commit)
     committer.start()
     receiver = Receiver(db, config.hostname, mime_limits(config), committer)
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
@@ -108,8 +121,74 @@ async def start(config: Config) -> Running:
         config.mx.max_message_size,
         server_context(cert, key),
         config.mx.command_timeout,
+        reuse_port=mx_processes(config) > 1,
     )
-    await mx.start()
+    try:
+        await mx.start()
+    except BaseException:
+        await committer.stop()
+        raise
+    return mx, committer
+
+
+def spawn_mx_workers(count: int) -> list[subprocess.Popen[bytes]]:
+    """Extra MX processes on the same address (they read the same config and environment)."""
+    return [
+        subprocess.Popen([sys.executable, "-m", "agentpost", "mx-worker"], stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+def stop_mx_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in workers:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM when the parent dies (even by SIGKILL), so no
+    orphaned MX worker keeps accepting mail for a server that is gone."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        log.warning("cannot tie the MX worker to its parent process (no prctl)")
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def run_mx_worker(config: Config) -> None:
+    """`agentpost mx-worker`: one more MX process; the parent `serve` runs everything else."""
+    die_with_parent()
+    db = Database(config.database_url)
+    directory = Directory(db)
+    mx, committer = await start_mx(config, db, directory, lambda: None)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await mx.stop()
+        await committer.stop()
+        await db.close()
+
+
+async def start(config: Config) -> Running:
+    db = Database(config.database_url)
+    await db.migrate()
+    directory = Directory(db)
+    ctx = build_context(config, db, directory)
+    mx, committer = await start_mx(config, db, directory, ctx.bus.published)
+    workers = spawn_mx_workers(mx_processes(config) - 1)
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(
         uvicorn.Config(
@@ -120,6 +199,7 @@ async def start(config: Config) -> Running:
     while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.02)
     if http_task.done():
+        stop_mx_workers(workers)
         await mx.stop()
         await committer.stop()
         http_task.result()
@@ -127,17 +207,19 @@ async def start(config: Config) -> Running:
     worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
     worker.start()
     log.info(
-        "agentpost serving: HTTP %s, MX %s:%s, database %s",
+        "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s",
         config.http.listen,
-        mx_host,
+        mx.host,
         mx.port,
+        len(workers) + 1,
         "sqlite" if db.is_sqlite else "postgresql",
     )
-    return Running(ctx, mx, http, http_task, committer, worker)
+    return Running(ctx, mx, http, http_task, committer, worker, workers)
 
 
 async def stop(running: Running) -> None:
     # Stop taking new mail first, then let the committer finish what it acknowledged.
+    await asyncio.get_running_loop().run_in_executor(None, stop_mx_workers, running.mx_workers)
     await running.mx.stop()
     running.http.should_exit = True
     with contextlib.suppress(Exception):

@@ -358,8 +358,10 @@ class MxServer:
         max_message_size: int,
         tls_context: ssl.SSLContext | None,
         command_timeout: float,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
+        self.reuse_port = reuse_port
         self.host = host
         self.port = port
         self.hostname = hostname
@@ -382,7 +384,9 @@ class MxServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._session, self.host, self.port, reuse_address=True, backlog=512)
+        self._server = await loop.create_server(
+            self._session, self.host, self.port, reuse_address=True, reuse_port=self.reuse_port, backlog=512
+        )
         sockets = list(self._server.sockets or [])
         if sockets and self.port == 0:
             self.port = sockets[0].getsockname()[1]
