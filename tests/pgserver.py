@@ -31,8 +31,9 @@ def find_pg_bindir(version: int | None = None) -> Path:
         if (Path(d) / "initdb").exists() and (version is None or major == version):
             candidates.append((major, Path(d)))
     if not candidates:
-        raise RuntimeError("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin "
-                           "(run scripts/install-test-deps.sh)")
+        raise RuntimeError(
+            "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (run scripts/install-test-deps.sh)"
+        )
     return max(candidates)[1]
 
 
@@ -54,9 +55,16 @@ class PrivatePostgres:
     returns the same kind of URL for a fresh database (per-test isolation).
     """
 
-    def __init__(self, *, dbname: str = "agentpost", durable: bool = False,
-                 port: int | None = None, version: int | None = None,
-                 base_dir: str | None = None, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dbname: str = "agentpost",
+        durable: bool = False,
+        port: int | None = None,
+        version: int | None = None,
+        base_dir: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         _check_ident(dbname)
         self.dbname = dbname
         self.durable = durable
@@ -101,9 +109,23 @@ class PrivatePostgres:
                 os.chown(self.root, pw.pw_uid, pw.pw_gid)
             # --no-sync: initdb's own fsync of a throwaway cluster is wasted time even when
             # durable (the server's fsync setting is what a durable benchmark measures).
-            self._run([self._bin("initdb"), "-D", str(self.datadir), "-U", self.user,
-                       "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
-                       "--no-instructions"], timeout=120)
+            self._run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    self.user,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                timeout=120,
+            )
             self._write_config()
             self._start_server(timeout)
             atexit.register(self.stop)
@@ -120,11 +142,17 @@ class PrivatePostgres:
         pid = self._postmaster_pid()
         if pid is not None and (self.datadir / "postmaster.pid").exists():
             # fast = roll back open transactions and disconnect clients, no waiting for them.
-            r = self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast",
-                           "-w", "-t", "15", "stop"], check=False, timeout=30)
+            r = self._run(
+                [self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "-t", "15", "stop"],
+                check=False,
+                timeout=30,
+            )
             if r.returncode != 0:
-                self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
-                           "-w", "-t", "10", "stop"], check=False, timeout=20)
+                self._run(
+                    [self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "-t", "10", "stop"],
+                    check=False,
+                    timeout=20,
+                )
             _kill_if_alive(pid)
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
@@ -149,11 +177,31 @@ class PrivatePostgres:
     def psql(self, sql: str, dbname: str | None = None) -> str:
         """Run SQL through psql over TCP (trust auth, so no runuser needed); return stdout."""
         r = subprocess.run(
-            [self._bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-h", self.host, "-p", str(self.port), "-U", self.user,
-             "-d", dbname or self.dbname, "-c", sql],
-            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+            [
+                self._bin("psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                dbname or self.dbname,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+        )
         if r.returncode != 0:
             raise RuntimeError(f"psql failed: {sql!r}: {r.stderr.strip()}")
         return r.stdout
@@ -175,16 +223,13 @@ class PrivatePostgres:
             "dynamic_shared_memory_type": "posix",
         }
         if not self.durable:
-            conf.update({"fsync": "off", "synchronous_commit": "off",
-                         "full_page_writes": "off"})
+            conf.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         conf.update(self.settings)
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# agentpost test settings\n")
             f.writelines(f"{k} = {v}\n" for k, v in conf.items())
         # Only loopback TCP, no password: initdb -A trust already did this, but be explicit.
-        (self.datadir / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 trust\n")
+        (self.datadir / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
 
     def _start_server(self, timeout: float) -> None:
         # A port picked by binding 0 can be taken by someone else before postgres binds it:
@@ -193,27 +238,41 @@ class PrivatePostgres:
         for attempt in range(5):
             if not fixed:
                 self.port = _free_port()
-            r = self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-l",
-                           str(self.log_path), "-o", f"-p {self.port}", "-w",
-                           "-t", str(int(timeout)), "start"], check=False, timeout=timeout + 10)
+            r = self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    f"-p {self.port}",
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                check=False,
+                timeout=timeout + 10,
+            )
             if r.returncode == 0:
                 return
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             if fixed or "could not bind" not in log or attempt == 4:
-                raise RuntimeError(f"postgres did not start (rc={r.returncode}): "
-                                   f"{r.stdout}{r.stderr}\n--- log ---\n{log[-4000:]}")
+                raise RuntimeError(
+                    f"postgres did not start (rc={r.returncode}): {r.stdout}{r.stderr}\n--- log ---\n{log[-4000:]}"
+                )
             self.log_path.unlink(missing_ok=True)
 
-    def _run(self, argv: list[str], *, check: bool = True,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         if self._run_as:
             argv = ["runuser", "-u", self._run_as, "--", *argv]
         # cwd in our dir: the postgres user may not be allowed into the caller's cwd (/root).
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           cwd=self._root(), stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd=self._root(), stdin=subprocess.DEVNULL
+        )
         if check and r.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed (rc={r.returncode}): "
-                               f"{r.stdout}{r.stderr}")
+            raise RuntimeError(f"{' '.join(argv)} failed (rc={r.returncode}): {r.stdout}{r.stderr}")
         return r
 
     def _postmaster_pid(self) -> int | None:
@@ -246,6 +305,7 @@ def _kill_if_alive(pid: int) -> None:
 def main() -> None:
     """Start a cluster, print its URL, and wait for Ctrl-C (or SIGTERM)."""
     import argparse
+
     ap = argparse.ArgumentParser(description="Run a throwaway PostgreSQL on 127.0.0.1.")
     ap.add_argument("--durable", action="store_true", help="keep fsync on")
     ap.add_argument("--port", type=int)

@@ -66,8 +66,7 @@ def ensure_loopback_address(ip: str) -> None:
     """
     if ip == "127.0.0.1" or _has_address(ip):
         return
-    r = subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", "lo"],
-                       capture_output=True, text=True)
+    r = subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", "lo"], capture_output=True, text=True)
     # A concurrent test may have added it between the check and the add: the kernel then says
     # "File exists" (or "Address already assigned" on some stacks), which is success for us.
     if r.returncode != 0 and not _has_address(ip):
@@ -75,8 +74,9 @@ def ensure_loopback_address(ip: str) -> None:
 
 
 def _has_address(ip: str) -> bool:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True
+    ).stdout
     return any(f"inet {ip}/" in line for line in out.splitlines())
 
 
@@ -107,11 +107,18 @@ class PrivatePostfix:
     Must run as root (Postfix's master needs it). fsync stays on: Postfix's default durability.
     """
 
-    def __init__(self, ip: str = "127.0.0.5", port: int | None = None, *,
-                 domain: str = "postfix.test", hostname: str | None = None,
-                 relayhost: tuple[str, int] | None = None,
-                 extra_main_cf: dict[str, str] | None = None,
-                 mail_user: str = "nobody", base_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        ip: str = "127.0.0.5",
+        port: int | None = None,
+        *,
+        domain: str = "postfix.test",
+        hostname: str | None = None,
+        relayhost: tuple[str, int] | None = None,
+        extra_main_cf: dict[str, str] | None = None,
+        mail_user: str = "nobody",
+        base_dir: str | None = None,
+    ) -> None:
         self.ip = ip
         self.port = port
         self.domain = domain
@@ -173,16 +180,16 @@ class PrivatePostfix:
         os.chown(self.root / "data", postfix_uid, postfix_gid)
 
         (self.config_dir / "main.cf").write_text(self._main_cf(pw.pw_uid, pw.pw_gid))
-        (self.config_dir / "master.cf").write_text(
-            _MASTER_CF.format(listen=f"{self.ip}:{self.port}"))
+        (self.config_dir / "master.cf").write_text(_MASTER_CF.format(listen=f"{self.ip}:{self.port}"))
         self.log_path.touch()
 
         r = self._postfix("start", timeout=timeout)
         if r.returncode != 0:
             log = self.log_text()
             self._cleanup_dir()
-            raise RuntimeError(f"postfix start failed (rc={r.returncode}): "
-                               f"{r.stdout}{r.stderr}\n--- maillog ---\n{log}")
+            raise RuntimeError(
+                f"postfix start failed (rc={r.returncode}): {r.stdout}{r.stderr}\n--- maillog ---\n{log}"
+            )
         self._master_pid = self._read_master_pid()
         self._wait_listening(timeout)
         return self
@@ -239,8 +246,7 @@ class PrivatePostfix:
 
     def delivered_messages(self) -> list[bytes]:
         """Raw bytes of every delivered message, oldest first (by file name = delivery time)."""
-        files = [p for sub in ("new", "cur") if (self.maildir / sub).is_dir()
-                 for p in (self.maildir / sub).iterdir()]
+        files = [p for sub in ("new", "cur") if (self.maildir / sub).is_dir() for p in (self.maildir / sub).iterdir()]
         return [p.read_bytes() for p in sorted(files, key=lambda p: p.name)]
 
     def log_text(self) -> str:
@@ -270,8 +276,7 @@ class PrivatePostfix:
             "maillog_file": str(self.log_path),
             "maillog_file_prefixes": str(root),
             # Only what Postfix needs; LANG=C keeps daemon messages stable for log matching.
-            "import_environment": "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C "
-                                  "POSTLOG_SERVICE POSTLOG_HOSTNAME",
+            "import_environment": "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME",
             "inet_interfaces": self.ip,
             "inet_protocols": "ipv4",
             "myhostname": self.hostname,
@@ -312,28 +317,36 @@ class PrivatePostfix:
         }
         if self.relayhost is None:
             # Sink mode: the domain is a virtual mailbox domain; every address goes to sink/.
-            cf.update({
-                "virtual_mailbox_domains": self.domain,
-                "virtual_mailbox_base": str(root / "mail"),
-                "virtual_mailbox_maps": "static:sink/",  # trailing slash = Maildir format
-                "virtual_uid_maps": f"static:{uid}",
-                "virtual_gid_maps": f"static:{gid}",
-                "virtual_minimum_uid": "1",
-                "relayhost": "",
-            })
+            cf.update(
+                {
+                    "virtual_mailbox_domains": self.domain,
+                    "virtual_mailbox_base": str(root / "mail"),
+                    "virtual_mailbox_maps": "static:sink/",  # trailing slash = Maildir format
+                    "virtual_uid_maps": f"static:{uid}",
+                    "virtual_gid_maps": f"static:{gid}",
+                    "virtual_minimum_uid": "1",
+                    "relayhost": "",
+                }
+            )
         else:
             host, port = self.relayhost
-            cf.update({
-                "relayhost": f"[{host}]:{port}",
-                "virtual_mailbox_domains": "",
-            })
+            cf.update(
+                {
+                    "relayhost": f"[{host}]:{port}",
+                    "virtual_mailbox_domains": "",
+                }
+            )
         cf.update(self.extra_main_cf)
         return "".join(f"{k} = {v}\n" for k, v in cf.items())
 
     def _postfix(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([POSTFIX, "-c", str(self.config_dir), action],
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [POSTFIX, "-c", str(self.config_dir), action],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def _read_master_pid(self) -> int | None:
         try:
@@ -366,14 +379,17 @@ class PrivatePostfix:
 def main() -> None:
     """Start an instance, print where it listens, wait for Ctrl-C."""
     import argparse
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ip", default="127.0.0.5")
     ap.add_argument("--port", type=int)
     ap.add_argument("--domain", default="postfix.test")
     ns = ap.parse_args()
     with PrivatePostfix(ns.ip, ns.port, domain=ns.domain) as pf:
-        print(f"postfix listening on {pf.ip}:{pf.port}, domain {pf.domain}, "
-              f"Maildir {pf.maildir}, log {pf.log_path}", flush=True)
+        print(
+            f"postfix listening on {pf.ip}:{pf.port}, domain {pf.domain}, Maildir {pf.maildir}, log {pf.log_path}",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

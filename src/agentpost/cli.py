@@ -37,8 +37,9 @@ app.add_typer(key_app, name="key")
 app.add_typer(domain_app, name="domain")
 app.add_typer(inbox_app, name="inbox")
 
-out = Console()
-err = Console(stderr=True)
+# When piped (scripts, tests), do not squeeze tables to 80 columns and cut addresses.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 T = TypeVar("T")
 
 
