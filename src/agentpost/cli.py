@@ -8,9 +8,9 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -41,6 +41,18 @@ app.add_typer(inbox_app, name="inbox")
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop (libuv) when it is installed: it halves the event loop's own
+    cost per SMTP command and socket write; plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def _config() -> Config:
@@ -98,7 +110,11 @@ def init(hostname: str = typer.Option("", help="Name used in SMTP greetings and 
             handle.write(text)
         err.print(f"wrote {path}")
     config = _config()
-    cert, _ = ensure_tls(config)
+    try:
+        cert, _ = ensure_tls(config)
+    except (ConfigError, FileNotFoundError) as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
     err.print(f"TLS certificate: {cert}")
 
     async def migrate(ctx: Context) -> None:
@@ -119,7 +135,10 @@ def serve() -> None:
         err.print("[red]no secret_key configured:[/red] run `agentpost init` first (or set AGENTPOST_SECRET_KEY)")
         raise typer.Exit(2)
     try:
-        asyncio.run(run(config))
+        run_loop(run(config))
+    except (ConfigError, FileNotFoundError) as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
     except OSError as exc:
         err.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -135,7 +154,7 @@ def mx_worker() -> None:
     config = _config()
     logsetup.setup(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_mx_worker(config))
+        run_loop(run_mx_worker(config))
 
 
 @key_app.command("create")

@@ -79,8 +79,6 @@ class WebhookConfig(Section):
     max_age: float = 3 * 24 * 3600.0
     timeout: float = 10.0
     concurrency: int = 8
-    # Webhook URLs may point at private/loopback addresses (dev and tests); turn off in production.
-    allow_private_targets: bool = True
 
 
 class Config(Section):
@@ -200,7 +198,7 @@ TEMPLATE = """# agentpost configuration. Every setting can be overridden by an e
 # Name this server uses in SMTP greetings (EHLO/banner) and Message-IDs.
 hostname = "{hostname}"
 data_dir = "{data_dir}"
-# Encrypts secrets at rest (webhook secrets, DKIM keys) and signs download URLs. Keep it private.
+# Encrypts secrets at rest (webhook secrets) and signs download URLs. Keep it private.
 secret_key = "{secret_key}"
 log_level = "INFO"
 
@@ -213,6 +211,8 @@ listen = "127.0.0.1:8080"
 listen = "127.0.0.1:2525"
 max_message_size = 26214400
 max_recipients = 100
+# Seconds an idle SMTP session may wait for its next command.
+command_timeout = 300.0
 max_connections_per_ip = 50
 max_messages_per_ip_per_minute = 6000
 # SMTP worker processes sharing the listen address; 0 = one per CPU (at most 4).
@@ -243,4 +243,5 @@ time_budget = 2.0
 retry_schedule = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800]
 max_age = 259200.0
 timeout = 10.0
+concurrency = 8
 """

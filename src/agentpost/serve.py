@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from agentpost.api.app import create_app
-from agentpost.config import Config, split_hostport
+from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.inbound.checks import Directory, RateLimiter
 from agentpost.inbound.receive import GroupCommitter, Receiver
 from agentpost.net.tls import server_context, write_self_signed
@@ -44,6 +44,8 @@ class _Uvicorn(uvicorn.Server):
 
 
 def tls_paths(config: Config) -> tuple[Path, Path]:
+    if bool(config.mx.tls_cert) != bool(config.mx.tls_key):
+        raise ConfigError("set both mx.tls_cert and mx.tls_key, or neither (then a self-signed one is generated)")
     if config.mx.tls_cert and config.mx.tls_key:
         return Path(config.mx.tls_cert), Path(config.mx.tls_key)
     return config.data_path / "tls" / "cert.pem", config.data_path / "tls" / "key.pem"

@@ -161,3 +161,60 @@ def test_domains_and_keys_round_trip_through_the_sdk(shared_server: AgentpostSer
         ).status_code
         == 401
     )
+
+
+def test_from_to_subject_filters_and_message_ids_with_a_slash(shared_server: AgentpostServer) -> None:
+    with shared_server.client() as http:
+        inbox = setup_inbox(http, "filters@filters.example.test")
+        mails = [
+            ("<a/b@remote.test>", "Alice <alice@remote.test>", "Invoice March"),
+            ("<plain@remote.test>", "Bob <bob@remote.test>", "Lunch?"),
+        ]
+        for message_id, sender, subject in mails:
+            raw = f"Message-ID: {message_id}\r\nFrom: {sender}\r\nTo: {inbox}\r\nSubject: {subject}\r\n\r\nx\r\n"
+            assert (
+                send_raw(shared_server.mx_host, shared_server.mx_port, "a@remote.test", [inbox], raw.encode())[0] == 250
+            )
+        wait_list(http, f"/v0/inboxes/{inbox}/messages", "messages", 2)
+    client = sdk(shared_server)
+    assert [m.message_id for m in client.inboxes.messages.list(inbox, from_=["ALICE"]).messages] == [
+        "<a/b@remote.test>"
+    ]
+    assert [m.message_id for m in client.inboxes.messages.list(inbox, subject=["lunch"]).messages] == [
+        "<plain@remote.test>"
+    ]
+    assert client.inboxes.messages.list(inbox, to=["nobody@"]).count == 0
+    fetched = client.inboxes.messages.get(inbox, "<a/b@remote.test>")
+    assert fetched.subject == "Invoice March"
+    assert client.inboxes.messages.get_raw(inbox, "<a/b@remote.test>").size > 0
+
+
+def test_a_domain_with_inbound_disabled_refuses_mail_and_inboxes_default_to_the_first_domain(
+    shared_server: AgentpostServer,
+) -> None:
+    import smtplib
+
+    with shared_server.client() as http:
+        setup_inbox(http, "in@switch.example.test")
+        domain = http.get("/v0/domains/switch.example.test").json()
+        assert http.patch(f"/v0/domains/{domain['domain_id']}", json={"inbound_enabled": False}).status_code == 200
+        with smtplib.SMTP(shared_server.mx_host, shared_server.mx_port, timeout=10) as client:
+            client.ehlo("x.test")
+            client.mail("a@remote.test")
+            code, message = client.rcpt("in@switch.example.test")
+        assert (code, message[:5]) == (550, b"5.7.1")
+        first = http.get("/v0/domains", params={"limit": 1000}).json()["domains"][-1]["domain"]
+        created = http.post("/v0/inboxes", json={"username": "defaulted"}).json()
+        assert created["inbox_id"] == f"defaulted@{first}"
+
+
+def test_label_filter_through_the_sdk(shared_server: AgentpostServer) -> None:
+    with shared_server.client() as http:
+        inbox = setup_inbox(http, "sdklabels@sdklabels.example.test")
+        raw = b"Message-ID: <sl@remote.test>\r\nSubject: s\r\n\r\nx\r\n"
+        assert send_raw(shared_server.mx_host, shared_server.mx_port, "a@remote.test", [inbox], raw)[0] == 250
+        wait_list(http, f"/v0/inboxes/{inbox}/messages", "messages", 1)
+    client = sdk(shared_server)
+    assert client.inboxes.messages.list(inbox, labels=["unread", "received"]).count == 1
+    assert client.inboxes.messages.list(inbox, labels=["unread", "nope"]).count == 0
+    assert client.inboxes.threads.list(inbox, labels=["unread"]).count == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated
 
@@ -18,14 +19,33 @@ def context(request: Request) -> Context:
 
 
 async def principal(request: Request, ctx: Annotated[Context, Depends(context)]) -> Principal:
+    # Header only: a key in a query string ends up in access logs and browser history.
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    key = token if scheme.lower() == "bearer" else request.query_params.get("api_key")
-    return await authenticate(ctx, key)
+    return await authenticate(ctx, token if scheme.lower() == "bearer" else None)
 
 
 Ctx = Annotated[Context, Depends(context)]
 Who = Annotated[Principal, Depends(principal)]
+
+
+def _values(raw: list[str] | None) -> list[str] | None:
+    """Repeated query values (?labels=a&labels=b) or one JSON array (?labels=["a","b"]), which is
+    how the agentmail SDK sends list filters."""
+    if raw is None:
+        return None
+    out: list[str] = []
+    for value in raw:
+        if value.startswith("[") and value.endswith("]"):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list):
+                out.extend(str(v) for v in parsed)
+                continue
+        out.append(value)
+    return out
 
 
 def listing(
@@ -39,11 +59,14 @@ def listing(
     include_blocked: bool = False,
     include_unauthenticated: bool = False,
     include_trash: bool = False,
+    from_: Annotated[list[str] | None, Query(alias="from")] = None,
+    to: Annotated[list[str] | None, Query()] = None,
+    subject: Annotated[list[str] | None, Query()] = None,
 ) -> Listing:
     return Listing(
         limit=limit,
         page_token=page_token,
-        labels=labels,
+        labels=_values(labels),
         before=before,
         after=after,
         ascending=ascending,
@@ -51,6 +74,9 @@ def listing(
         include_blocked=include_blocked,
         include_unauthenticated=include_unauthenticated,
         include_trash=include_trash,
+        header_from=_values(from_),
+        to=_values(to),
+        subject=_values(subject),
     )
 
 

@@ -12,6 +12,8 @@ from agentpost.service import mail
 
 router = APIRouter(tags=["messages"])
 PREFIX = "/v0/inboxes/{inbox_id}/messages"
+# Message-IDs may contain "/" (RFC 5322 §3.6.4 allows it): routes take the rest of the path,
+# the more specific suffixes (/raw, /attachments/...) first.
 
 
 @router.get(PREFIX, response_model=schemas.ListMessages, response_model_exclude_none=True)
@@ -26,13 +28,13 @@ async def batch_get(
     return await mail.batch_get(ctx, who, inbox_id, body.message_ids)
 
 
-@router.get(PREFIX + "/{message_id}/raw", response_model=schemas.RawMessage)
+@router.get(PREFIX + "/{message_id:path}/raw", response_model=schemas.RawMessage)
 async def raw_message(ctx: Ctx, who: Who, inbox_id: str, message_id: str) -> schemas.RawMessage:
     return await mail.raw_download(ctx, who, inbox_id, message_id)
 
 
 @router.get(
-    PREFIX + "/{message_id}/attachments/{attachment_id}",
+    PREFIX + "/{message_id:path}/attachments/{attachment_id}",
     response_model=schemas.AttachmentResponse,
     response_model_exclude_none=True,
 )
@@ -42,12 +44,12 @@ async def get_attachment(
     return await mail.attachment(ctx, who, inbox_id, message_id, attachment_id)
 
 
-@router.get(PREFIX + "/{message_id}", response_model=schemas.Message, response_model_exclude_none=True)
+@router.get(PREFIX + "/{message_id:path}", response_model=schemas.Message, response_model_exclude_none=True)
 async def get_message(ctx: Ctx, who: Who, inbox_id: str, message_id: str) -> schemas.Message:
     return await mail.get_message(ctx, who, inbox_id, message_id)
 
 
-@router.patch(PREFIX + "/{message_id}", response_model=schemas.UpdateMessageResponse)
+@router.patch(PREFIX + "/{message_id:path}", response_model=schemas.UpdateMessageResponse)
 async def update_message(
     ctx: Ctx, who: Who, inbox_id: str, message_id: str, body: schemas.UpdateLabels
 ) -> schemas.UpdateMessageResponse:

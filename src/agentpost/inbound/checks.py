@@ -101,7 +101,7 @@ class Directory:
         value = (row.organization_id, row.status) if row is not None else None
         if len(self._inboxes) > 100_000:
             self._inboxes.clear()
-        self._inboxes[key] = (time.monotonic() + self.ttl, value)
+        self._inboxes[key] = (time.monotonic() + (self.ttl if value is not None else 0.5), value)
         return value
 
     async def route(self, rcpt: str) -> Route | Reply:
@@ -113,7 +113,9 @@ class Directory:
         decision = await self._route(rcpt)
         if len(self._routes) > 100_000:
             self._routes.clear()
-        self._routes[rcpt] = (now + self.ttl, decision)
+        # A refusal is remembered only briefly: an inbox created a moment ago (by the CLI, another
+        # process or node) must start receiving at once, not after the full TTL.
+        self._routes[rcpt] = (now + (self.ttl if isinstance(decision, Route) else 0.5), decision)
         return decision
 
     async def _route(self, rcpt: str) -> Route | Reply:
@@ -124,11 +126,9 @@ class Directory:
         if address is None:
             return codes.R501_SYNTAX_ADDRESS
         domains = await self.hosted_domains()
-        if address.domain not in domains:
-            # Never relay: we are the final destination only for hosted domains.
-            domains = await self._refresh_domains_on_miss(address.domain)
-            if address.domain not in domains:
-                return codes.R550_RELAY_DENIED
+        # Never relay: we are the final destination only for hosted domains.
+        if address.domain not in domains and not await self._domain_on_miss(address.domain):
+            return codes.R550_RELAY_DENIED
         found = await self.inbox(address.key)
         if found is None:
             return codes.R550_NO_SUCH_USER
@@ -137,10 +137,13 @@ class Directory:
             return codes.R550_INBOX_PAUSED
         return Route(address.key, organization_id)
 
-    async def _refresh_domains_on_miss(self, domain: str) -> dict[str, str]:
-        # A domain added a moment ago by another process: look once more, at most every second.
+    async def _domain_on_miss(self, domain: str) -> bool:
+        # A domain added a moment ago by another process (the CLI, another MX process or node)
+        # is not in the cached set yet: ask the store for this one domain.
+        async with self.db.read() as conn:
+            organization_id = await domain_store.receiving(conn, domain)
+        if organization_id is None:
+            return False
         expires, value = self._domains
-        if time.monotonic() > expires - self.ttl + 1.0:
-            self._domains = (0.0, value)
-            return await self.hosted_domains()
-        return value
+        self._domains = (expires, {**value, domain: organization_id})
+        return True

@@ -28,13 +28,13 @@ async def create(ctx: Context, who: Principal, req: schemas.CreateInbox) -> tupl
                 return inbox_store.to_inbox(existing), False
         domain_name = (req.domain or "").strip().lower()
         if not domain_name:
-            hosted = await domain_store.list_page(conn, who.organization_id, 1, None)
-            if not hosted:
+            first = await domain_store.first(conn, who.organization_id)
+            if first is None:
                 raise Invalid(
                     "no domain given and the organisation has no domain",
                     [{"path": "domain", "message": "add a domain first (POST /v0/domains), then create inboxes on it"}],
                 )
-            domain_name = hosted[-1].domain
+            domain_name = first
         domain_row = await domain_store.get_row(conn, who.organization_id, domain_name)
         if domain_row is None:
             raise Invalid(

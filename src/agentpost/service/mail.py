@@ -32,6 +32,9 @@ class Listing:
     include_blocked: bool = False
     include_unauthenticated: bool = False
     include_trash: bool = False
+    header_from: list[str] | None = None  # substring matches, any of
+    to: list[str] | None = None
+    subject: list[str] | None = None
 
 
 def _filter(who: Principal, q: Listing) -> MessageFilter:
@@ -47,7 +50,14 @@ def _filter(who: Principal, q: Listing) -> MessageFilter:
         if not ((include or label in wanted) and who.can(permission)):
             exclude.append(label)
     return MessageFilter(
-        labels=sorted(wanted), before=q.before, after=q.after, ascending=q.ascending, exclude_labels=exclude
+        labels=sorted(wanted),
+        before=q.before,
+        after=q.after,
+        ascending=q.ascending,
+        exclude_labels=exclude,
+        header_from=q.header_from or [],
+        to=q.to or [],
+        subject=q.subject or [],
     )
 
 

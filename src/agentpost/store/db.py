@@ -84,7 +84,8 @@ class Database:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            # SQLite checkpoints the WAL into the database every 1000 pages (its default).
+            cursor.execute("PRAGMA wal_autocheckpoint=1000")
             cursor.close()
 
         @event.listens_for(engine, "begin")

@@ -97,6 +97,21 @@ async def delete(conn: AsyncConnection, domain_id: str) -> None:
 
 
 async def hosted(conn: AsyncConnection) -> dict[str, str]:
-    """Every hosted domain name -> its organisation id."""
-    rows = (await conn.execute(sa.select(domains.c.domain, domains.c.organization_id))).all()
+    """Every domain receiving mail (inbound enabled) -> its organisation id."""
+    query = sa.select(domains.c.domain, domains.c.organization_id).where(domains.c.inbound_enabled.is_(True))
+    rows = (await conn.execute(query)).all()
     return {r.domain: r.organization_id for r in rows}
+
+
+async def first(conn: AsyncConnection, organization_id: str) -> str | None:
+    """The organisation's first domain: where inboxes go when no domain is named."""
+    query = sa.select(domains.c.domain).where(domains.c.organization_id == organization_id).order_by(domains.c.id)
+    row = (await conn.execute(query.limit(1))).first()
+    return str(row[0]) if row else None
+
+
+async def receiving(conn: AsyncConnection, name: str) -> str | None:
+    """The organisation of a domain that receives mail (inbound enabled), or None."""
+    query = sa.select(domains.c.organization_id).where(domains.c.domain == name, domains.c.inbound_enabled.is_(True))
+    row = (await conn.execute(query)).first()
+    return str(row[0]) if row else None

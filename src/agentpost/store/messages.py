@@ -379,6 +379,20 @@ class MessageFilter:
     after: datetime | None = None
     ascending: bool = False
     exclude_labels: list[str] = field(default_factory=list)
+    # Case-insensitive substring filters (any of the values); messages only.
+    header_from: list[str] = field(default_factory=list)
+    to: list[str] = field(default_factory=list)
+    subject: list[str] = field(default_factory=list)
+
+
+def _contains(column: Any, values: list[str]) -> sa.ColumnElement[bool]:
+    text = sa.func.lower(sa.cast(column, sa.Text))
+    return sa.or_(
+        *(
+            text.like("%" + v.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", escape="\\")
+            for v in values
+        )
+    )
 
 
 def _filtered(query: Any, table: sa.Table, flt: MessageFilter, time_column: sa.Column[Any]) -> Any:
@@ -406,6 +420,13 @@ async def list_messages(
     if inbox_id is not None:
         query = query.where(messages.c.inbox_id == inbox_id)
     query = _filtered(query, messages, flt, messages.c.timestamp)
+    for column, values in (
+        (messages.c.header_from, flt.header_from),
+        (messages.c.to, flt.to),
+        (messages.c.subject, flt.subject),
+    ):
+        if values:
+            query = query.where(_contains(column, values))
     if cursor:
         query = query.where(messages.c.id > cursor if flt.ascending else messages.c.id < cursor)
     order = messages.c.id.asc() if flt.ascending else messages.c.id.desc()
