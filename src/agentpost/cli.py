@@ -46,6 +46,9 @@ T = TypeVar("T")
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run the server on uvloop (libuv) when it is installed: it halves the event loop's own
     cost per SMTP command and socket write; plain asyncio otherwise."""
+    # The group-commit writer thread needs the GIL back after every SQLite call; with CPython's
+    # 5 ms default switch interval a busy event loop makes each of those waits up to 5 ms.
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
     except ImportError:

@@ -209,12 +209,13 @@ async def start(config: Config) -> Running:
     worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
     worker.start()
     log.info(
-        "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s",
+        "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
         config.http.listen,
         mx.host,
         mx.port,
         len(workers) + 1,
         "sqlite" if db.is_sqlite else "postgresql",
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     return Running(ctx, mx, http, http_task, committer, worker, workers)
 

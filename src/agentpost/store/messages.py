@@ -149,15 +149,16 @@ def save_batch(conn: sa.Connection, batch: list[NewMessage]) -> list[Saved]:
                 known[(r.inbox_id, r.message_id)] = r.thread_id
     # 2. Resolve each message's thread, in batch order so a reply in the same batch finds its parent.
     chosen: list[str] = []
+    stored_threads: set[str] = set(known.values())
     for item in batch:
         thread_id = next((known[(item.inbox_id, k)] for k in item.thread_keys if (item.inbox_id, k) in known), None)
         if thread_id is None:
             thread_id = new_id("thr_")
         known[(item.inbox_id, item.message_id)] = thread_id
         chosen.append(thread_id)
-    # 3. Load the existing threads touched by this batch.
+    # 3. Load the stored threads this batch adds to (new threads need no query).
     states: dict[str, _ThreadState] = {}
-    existing_ids = sorted(set(chosen))
+    existing_ids = sorted(stored_threads & set(chosen))
     for start in range(0, len(existing_ids), 500):
         rows = conn.execute(sa.select(threads).where(threads.c.id.in_(existing_ids[start : start + 500])))
         for r in rows:
