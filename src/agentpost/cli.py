@@ -150,14 +150,14 @@ def serve() -> None:
 
 
 @app.command("mx-worker", hidden=True)
-def mx_worker() -> None:
+def mx_worker(parent_pid: int = typer.Option(0, help="pid of the serve process")) -> None:
     """An extra MX process (started by `serve`; not for direct use)."""
     from agentpost.serve import run_mx_worker
 
     config = _config()
     logsetup.setup(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        run_loop(run_mx_worker(config))
+        run_loop(run_mx_worker(config, parent_pid or None))
 
 
 @key_app.command("create")

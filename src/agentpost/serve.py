@@ -135,10 +135,8 @@ async def start_mx(
 
 def spawn_mx_workers(count: int) -> list[subprocess.Popen[bytes]]:
     """Extra MX processes on the same address (they read the same config and environment)."""
-    return [
-        subprocess.Popen([sys.executable, "-m", "agentpost", "mx-worker"], stdin=subprocess.DEVNULL)
-        for _ in range(count)
-    ]
+    command = [sys.executable, "-m", "agentpost", "mx-worker", "--parent-pid", str(os.getpid())]
+    return [subprocess.Popen(command, stdin=subprocess.DEVNULL) for _ in range(count)]
 
 
 def stop_mx_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
@@ -154,7 +152,7 @@ def stop_mx_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.
             proc.wait(5)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None) -> None:
     """Linux: have the kernel send SIGTERM when the parent dies (even by SIGKILL), so no
     orphaned MX worker keeps accepting mail for a server that is gone."""
     try:
@@ -162,13 +160,15 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         log.warning("cannot tie the MX worker to its parent process (no prctl)")
-    if os.getppid() == 1:
+    # The parent may have died before prctl took effect (a container's PID 1 may be the parent,
+    # so compare with the pid it handed over, not with 1).
+    if parent_pid is not None and os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def run_mx_worker(config: Config) -> None:
+async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
     """`agentpost mx-worker`: one more MX process; the parent `serve` runs everything else."""
-    die_with_parent()
+    die_with_parent(parent_pid)
     db = Database(config.database_url)
     directory = Directory(db)
     mx, committer = await start_mx(config, db, directory, lambda: None)

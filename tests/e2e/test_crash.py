@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import subprocess
 import threading
 import time
 
@@ -31,6 +32,11 @@ def _burst(server: AgentpostServer, inbox: str, worker: int, acked: list[str], s
             time.sleep(0.05)  # server killed or restarting: reconnect
 
 
+def _workers_of(parent_pid: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"mx-worker --parent-pid {parent_pid}$"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 def test_every_message_acknowledged_before_sigkill_is_in_the_store_after_restart(server: AgentpostServer) -> None:
     with server.client() as http:
         inbox = setup_inbox(http, "crash@crash.example.test")
@@ -42,10 +48,16 @@ def test_every_message_acknowledged_before_sigkill_is_in_the_store_after_restart
     deadline = time.monotonic() + 30
     while len(acked) < 300 and time.monotonic() < deadline:
         time.sleep(0.02)
+    parent_pid = server.proc.pid if server.proc else 0
     server.kill()  # SIGKILL mid-burst: no shutdown code runs
     stop.set()
     for t in threads:
         t.join(15)
+    # The MX worker processes die with their parent (PR_SET_PDEATHSIG): none is left accepting.
+    deadline = time.monotonic() + 15
+    while _workers_of(parent_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _workers_of(parent_pid), "an MX worker outlived its killed parent"
     acknowledged = set(acked)
     assert len(acknowledged) >= 300, f"only {len(acknowledged)} acknowledged before the kill"
 

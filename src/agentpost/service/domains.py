@@ -121,6 +121,7 @@ async def update(ctx: Context, who: Principal, domain_id: str, req: schemas.Upda
         if values:
             await domain_store.update(conn, row.id, **values)
         updated = await domain_store.get_row(conn, who.organization_id, row.id)
+    ctx.routing_changed()  # inbound_enabled decides whether the MX accepts the domain
     return domain_store.to_domain(updated or row, records(ctx, row.domain))
 
 
