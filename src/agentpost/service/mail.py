@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from agentpost import model, schemas
 from agentpost.errors import Invalid, NotFound
@@ -80,7 +81,20 @@ async def _inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> None:
         raise NotFound("inbox not found")
 
 
-async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: Listing) -> schemas.ListMessages:
+Row = TypeVar("Row")
+
+
+async def _page(
+    ctx: Context,
+    who: Principal,
+    inbox_id: str | None,
+    q: Listing,
+    fetch: Callable[..., Awaitable[list[tuple[str, Row]]]],
+) -> tuple[int, list[Row], str | None]:
+    """One page of a per-inbox or organisation-wide listing: (limit, items, next page token).
+
+    An inbox-scoped key always lists its own inbox; naming another inbox is a 404.
+    """
     who.require("message_read")
     if inbox_id is not None:
         who.check_inbox(inbox_id)
@@ -91,7 +105,7 @@ async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: L
         if inbox_id is not None:
             await _inbox_row_checked(conn, who, inbox_id)
             inbox_id = inbox_id.lower()
-        rows = await message_store.list_messages(
+        rows = await fetch(
             conn,
             organization_id=who.organization_id,
             inbox_id=inbox_id,
@@ -99,10 +113,13 @@ async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: L
             limit=n,
             cursor=decode_token(q.page_token),
         )
-    more = len(rows) > n
-    rows = rows[:n]
-    token = encode_token(rows[-1][0]) if more else None
-    return schemas.ListMessages(count=len(rows), limit=n, next_page_token=token, messages=[m for _, m in rows])
+    token = encode_token(rows[n - 1][0]) if len(rows) > n else None
+    return n, [item for _, item in rows[:n]], token
+
+
+async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: Listing) -> schemas.ListMessages:
+    n, items, token = await _page(ctx, who, inbox_id, q, message_store.list_messages)
+    return schemas.ListMessages(count=len(items), limit=n, next_page_token=token, messages=items)
 
 
 async def _message_row(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> Any:
@@ -212,32 +229,8 @@ async def download(ctx: Context, token: str) -> tuple[bytes, str, str | None]:
 
 
 async def list_threads(ctx: Context, who: Principal, inbox_id: str | None, q: Listing) -> schemas.ListThreads:
-    who.require("message_read")
-    if inbox_id is not None:
-        who.check_inbox(inbox_id)
-    elif who.inbox_id is not None:
-        inbox_id = who.inbox_id
-    n = clamp_limit(q.limit)
-    async with ctx.db.read() as conn:
-        if inbox_id is not None:
-            await _inbox_row_checked(conn, who, inbox_id)
-            inbox_id = inbox_id.lower()
-        rows = await message_store.list_threads(
-            conn,
-            organization_id=who.organization_id,
-            inbox_id=inbox_id,
-            flt=_filter(who, q),
-            limit=n,
-            cursor=decode_token(q.page_token),
-        )
-    more = len(rows) > n
-    rows = rows[:n]
-    return schemas.ListThreads(
-        count=len(rows),
-        limit=n,
-        next_page_token=encode_token(rows[-1][0]) if more else None,
-        threads=[t for _, t in rows],
-    )
+    n, items, token = await _page(ctx, who, inbox_id, q, message_store.list_threads)
+    return schemas.ListThreads(count=len(items), limit=n, next_page_token=token, threads=items)
 
 
 async def _thread_row(ctx: Context, who: Principal, inbox_id: str | None, thread_id: str) -> Any:
