@@ -61,6 +61,9 @@ class DatabaseConfig(Section):
     url: str = ""
     # Received messages are committed in groups of at most this many (one fsync each group).
     commit_batch: int = 256
+    # Seconds the group committer waits for more messages before committing a group; a little
+    # latency buys larger groups (each commit has a fixed cost).
+    commit_linger: float = 0.002
 
 
 class ParseConfig(Section):
@@ -231,6 +234,7 @@ timeout = 5.0
 [database]
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir
 commit_batch = 256
+commit_linger = 0.002
 
 [parse]
 max_headers = 1000

@@ -108,7 +108,7 @@ async def start_mx(
     config: Config, db: Database, directory: Directory, on_commit: Callable[[], None]
 ) -> tuple[MxServer, GroupCommitter]:
     """The MX listener with its receive pipeline and group committer."""
-    committer = GroupCommitter(db, config.database.commit_batch, on_commit)
+    committer = GroupCommitter(db, config.database.commit_batch, on_commit, config.database.commit_linger)
     committer.start()
     receiver = Receiver(db, config.hostname, mime_limits(config), committer)
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
