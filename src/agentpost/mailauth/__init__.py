@@ -1,0 +1,1 @@
+"""Sender authentication: DKIM signing and (later) SPF, DKIM, DMARC and ARC verification."""
