@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from agentpost import schemas
 from agentpost.errors import Conflict, Invalid, NotFound
+from agentpost.mailauth import dkim
+from agentpost.model import utcnow
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
+from agentpost.store import dkim_keys as dkim_store
 from agentpost.store import domains as domain_store
+from agentpost.store.dkim_keys import StoredKey
 from agentpost.store.pages import clamp_limit, decode_token, encode_token
 
 # RFC 1035 §2.3.1 / RFC 5890: LDH labels (A-labels for IDNs), at least two labels.
@@ -27,9 +32,59 @@ def normalise_domain(name: str) -> str:
     return value
 
 
-def records(ctx: Context, domain: str) -> list[schemas.VerificationRecord]:
-    """What to publish so mail for the domain reaches this server (verification: a later step)."""
-    return [
+async def ensure_dkim_keys(ctx: Context, domain_id: str, domain: str) -> list[StoredKey]:
+    """The domain's active DKIM keys; a domain without any gets one RSA-2048 and one Ed25519 key.
+
+    Key generation (RSA-2048 takes tens of milliseconds) runs off the event loop; private keys are
+    sealed with the server's secret_key before they reach the store.
+    """
+    async with ctx.db.read() as conn:
+        found = await dkim_store.active(conn, domain_id)
+    if found:
+        return found
+    stamp = utcnow().strftime("%Y%m")
+    generated = await asyncio.to_thread(
+        lambda: [
+            dkim.generate_key(domain, f"ap{stamp}r", dkim.RSA_SHA256),
+            dkim.generate_key(domain, f"ap{stamp}e", dkim.ED25519_SHA256),
+        ]
+    )
+    async with ctx.db.write() as conn:
+        if not await dkim_store.active(conn, domain_id):  # another request may have won the race
+            for key in generated:
+                await dkim_store.add(
+                    conn,
+                    domain_id,
+                    key.selector,
+                    key.algorithm,
+                    ctx.sealer.seal(key.private_pem.decode()),
+                    key.dns_txt(),
+                )
+        return await dkim_store.active(conn, domain_id)
+
+
+async def signer(ctx: Context, domain_id: str, domain: str) -> dkim.DkimSigner:
+    """A DKIM signer with every active key of the domain (RSA and Ed25519 signatures)."""
+    keys = await ensure_dkim_keys(ctx, domain_id, domain)
+    return dkim.DkimSigner(
+        [dkim.DkimKey(k.selector, domain, k.algorithm, ctx.sealer.unseal(k.private_enc).encode()) for k in keys]
+    )
+
+
+async def records(ctx: Context, domain_id: str, domain: str) -> list[schemas.VerificationRecord]:
+    """What to publish: MX, SPF, one DKIM TXT per active selector, DMARC (verification: issue 4)."""
+    keys = await ensure_dkim_keys(ctx, domain_id, domain)
+    dkim_records = [
+        schemas.VerificationRecord(
+            type="TXT",
+            name=f"{k.selector}._domainkey.{domain}",
+            value=k.public_txt,
+            status="MISSING",
+            reason="not checked yet",
+        )
+        for k in keys
+    ]
+    return dkim_records + [
         schemas.VerificationRecord(
             type="MX",
             name=domain,
@@ -55,11 +110,12 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
     who.require_org()
     who.require("domain_create")
     name = normalise_domain(req.domain)
-    async with ctx.db.write() as conn:
-        if req.client_id:
+    if req.client_id:
+        async with ctx.db.read() as conn:
             existing = await domain_store.by_client_id(conn, who.organization_id, req.client_id)
-            if existing is not None:
-                return domain_store.to_domain(existing, records(ctx, existing.domain)), False
+        if existing is not None:
+            return domain_store.to_domain(existing, await records(ctx, existing.id, existing.domain)), False
+    async with ctx.db.write() as conn:
         row, created = await domain_store.add(
             conn,
             who.organization_id,
@@ -71,7 +127,7 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
         if not created and row.organization_id != who.organization_id:
             raise Conflict(f"domain {name} is hosted by another organisation")
     ctx.routing_changed()
-    return domain_store.to_domain(row, records(ctx, row.domain)), created
+    return domain_store.to_domain(row, await records(ctx, row.id, row.domain)), created
 
 
 async def get(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
@@ -80,7 +136,7 @@ async def get(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
         row = await domain_store.get_row(conn, who.organization_id, domain_id)
     if row is None:
         raise NotFound("domain not found")
-    return domain_store.to_domain(row, records(ctx, row.domain))
+    return domain_store.to_domain(row, await records(ctx, row.id, row.domain))
 
 
 async def list_(ctx: Context, who: Principal, limit: int | None, page_token: str | None) -> schemas.ListDomains:
@@ -122,13 +178,20 @@ async def update(ctx: Context, who: Principal, domain_id: str, req: schemas.Upda
             await domain_store.update(conn, row.id, **values)
         updated = await domain_store.get_row(conn, who.organization_id, row.id)
     ctx.routing_changed()  # inbound_enabled decides whether the MX accepts the domain
-    return domain_store.to_domain(updated or row, records(ctx, row.domain))
+    return domain_store.to_domain(updated or row, await records(ctx, row.id, row.domain))
+
+
+def _txt_strings(value: str) -> str:
+    """A TXT value as zone-file character-strings of at most 255 octets (RFC 1035 §3.3.14)."""
+    chunks = [value[i : i + 255] for i in range(0, len(value), 255)] or [""]
+    quoted = " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+    return f"( {quoted} )" if len(chunks) > 1 else quoted
 
 
 def zone_file(domain: schemas.Domain) -> str:
     lines = [f"; DNS records for {domain.domain} (BIND zone file format)"]
     for r in domain.records:
-        value = f'"{r.value}"' if r.type == "TXT" else f"{r.value}."
+        value = _txt_strings(r.value) if r.type == "TXT" else f"{r.value}."
         prio = f"{r.priority} " if r.priority is not None else ""
         lines.append(f"{r.name}.\t3600\tIN\t{r.type}\t{prio}{value}")
     return "\n".join(lines) + "\n"

@@ -79,6 +79,21 @@ domains = sa.Table(
     sa.UniqueConstraint("organization_id", "client_id"),
 )
 
+# DKIM signing keys per domain (RFC 6376); private keys sealed with the server's secret_key.
+dkim_keys = sa.Table(
+    "dkim_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("domain_id", sa.String(40), sa.ForeignKey("domains.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("selector", sa.String(63), nullable=False),
+    sa.Column("algorithm", sa.String(20), nullable=False),  # rsa-sha256 | ed25519-sha256
+    sa.Column("private_enc", sa.Text, nullable=False),
+    sa.Column("public_txt", sa.Text, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),  # active | retired
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("domain_id", "selector"),
+)
+
 inboxes = sa.Table(
     "inboxes",
     metadata,
