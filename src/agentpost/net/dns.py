@@ -1,0 +1,207 @@
+"""DNS lookups for mail: the Resolver protocol, its dnspython implementation, an in-memory fake, and MX resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+
+class DnsError(Exception):
+    """A lookup that did not complete: SERVFAIL, timeout, refusal. NXDOMAIN is an empty answer, not an error."""
+
+    def __init__(self, message: str, *, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class NullMx(Exception):
+    """RFC 7505: the domain publishes a null MX and accepts no mail (permanent)."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"{domain} publishes a null MX (RFC 7505): it accepts no mail")
+        self.domain = domain
+
+
+class Resolver(Protocol):
+    async def mx(self, domain: str) -> list[tuple[int, str]]: ...
+
+    async def a(self, host: str) -> list[str]: ...
+
+    async def txt(self, name: str) -> list[str]: ...
+
+    async def ptr(self, ip: str) -> list[str]: ...
+
+
+def to_ascii(name: str) -> str:
+    """The A-label (IDNA) form of ``name``, lower case, without the final dot; "." stays "."."""
+    name = name.strip()
+    if name in (".", ""):
+        return name
+    if name.isascii():
+        return name.rstrip(".").lower()
+    try:
+        return dns.name.from_unicode(name).to_text(omit_final_dot=True).lower()
+    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+        raise DnsError(f"not a valid domain name: {name!r}: {exc}", temporary=False) from exc
+
+
+def _host_text(name: dns.name.Name) -> str:
+    if name == dns.name.root:
+        return "."
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def _parse_server(server: str) -> tuple[str, int]:
+    """ "127.0.0.1:5353", "[::1]:53", "127.0.0.1" or "::1" -> (address, port)."""
+    server = server.strip()
+    if server.startswith("["):
+        address, _, rest = server[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 53
+        return address, port
+    try:
+        ipaddress.ip_address(server)
+    except ValueError:
+        address, _, port_text = server.rpartition(":")
+        return address, int(port_text)
+    return server, 53
+
+
+class DnspythonResolver:
+    """Resolver on dnspython's async stub resolver; explicit name servers, or the system's when none are given."""
+
+    def __init__(self, servers: Sequence[str] = (), *, timeout: float = 2.0, lifetime: float = 5.0) -> None:
+        if servers:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(*_parse_server(s)) for s in servers]
+        else:
+            resolver = dns.asyncresolver.Resolver(configure=True)
+        resolver.timeout = timeout
+        resolver.lifetime = lifetime
+        self._resolver = resolver
+
+    async def _query(self, name: str | dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[Any]:
+        # dnspython retries over TCP by itself when a UDP answer comes back truncated (TC=1).
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.resolver.NoNameservers as exc:
+            raise DnsError(f"{name} {rdtype.name}: no server answered (SERVFAIL or refused)") from exc
+        except dns.exception.Timeout as exc:
+            raise DnsError(f"{name} {rdtype.name}: timed out") from exc
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"{name} {rdtype.name}: {exc}") from exc
+        if answer.rrset is None:
+            return []
+        return list(answer.rrset)
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        records = await self._query(to_ascii(domain), dns.rdatatype.MX)
+        return sorted((int(r.preference), _host_text(r.exchange)) for r in records)
+
+    async def a(self, host: str) -> list[str]:
+        name = to_ascii(host)
+        v4, v6 = await asyncio.gather(self._query(name, dns.rdatatype.A), self._query(name, dns.rdatatype.AAAA))
+        return [str(r.address) for r in v4] + [str(r.address) for r in v6]
+
+    async def txt(self, name: str) -> list[str]:
+        records = await self._query(to_ascii(name), dns.rdatatype.TXT)
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
+
+    async def ptr(self, ip: str) -> list[str]:
+        try:
+            name = dns.reversename.from_address(ip)
+        except (dns.exception.SyntaxError, ValueError) as exc:
+            raise DnsError(f"not an IP address: {ip!r}", temporary=False) from exc
+        return [_host_text(r.target) for r in await self._query(name, dns.rdatatype.PTR)]
+
+
+ZoneData = Mapping[str, Mapping[str, Sequence[Any]]]
+
+
+class FakeResolver:
+    """Resolver on a zone held in a dict, for tests.
+
+    ``{"example.test": {"MX": [(10, "mx.example.test")]}, "mx.example.test": {"A": ["127.0.0.5"]}}``;
+    PTR records are keyed by the IP address itself. Names in ``servfail`` raise a temporary DnsError.
+    """
+
+    def __init__(self, zone: ZoneData | None = None, servfail: Iterable[str] = ()) -> None:
+        self.zone: dict[str, dict[str, list[Any]]] = {}
+        for name, records in (zone or {}).items():
+            self.zone[to_ascii(name)] = {rtype.upper(): list(values) for rtype, values in records.items()}
+        self.servfail = {to_ascii(name) for name in servfail}
+        self.queries: list[tuple[str, str]] = []
+
+    def _records(self, name: str, rtype: str) -> list[Any]:
+        key = to_ascii(name)
+        self.queries.append((key, rtype))
+        if key in self.servfail:
+            raise DnsError(f"{key} {rtype}: SERVFAIL")
+        return list(self.zone.get(key, {}).get(rtype, []))
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        return sorted((int(pref), to_ascii(host) if host != "." else ".") for pref, host in self._records(domain, "MX"))
+
+    async def a(self, host: str) -> list[str]:
+        return [str(ip) for ip in self._records(host, "A")] + [str(ip) for ip in self._records(host, "AAAA")]
+
+    async def txt(self, name: str) -> list[str]:
+        return [
+            "".join(value) if isinstance(value, list | tuple) else str(value) for value in self._records(name, "TXT")
+        ]
+
+    async def ptr(self, ip: str) -> list[str]:
+        return [to_ascii(host) for host in self._records(ip, "PTR")]
+
+
+@dataclass(frozen=True, slots=True)
+class MxTarget:
+    host: str
+    preference: int
+    addresses: list[str]
+    implicit: bool  # RFC 5321 §5.1: no MX RRset, the domain itself is the mail host
+
+
+async def resolve_mx(resolver: Resolver, domain: str) -> list[MxTarget]:
+    """The hosts to try for ``domain`` in RFC 5321 §5.1 order; [] when nothing resolves.
+
+    Raises NullMx for an RFC 7505 null MX and DnsError(temporary=True) when the MX lookup fails.
+    """
+    domain = to_ascii(domain)
+    records = await resolver.mx(domain)
+    if not records:
+        addresses = await resolver.a(domain)
+        return [MxTarget(domain, 0, addresses, implicit=True)] if addresses else []
+    # RFC 7505 §3: a single MX of "." means the domain accepts no mail; fail now, do not retry.
+    if len(records) == 1 and records[0][1] in (".", ""):
+        raise NullMx(domain)
+    # RFC 5321 §5.1: lower preference first; hosts of equal preference in random order to spread load.
+    ordered = sorted(records, key=lambda record: (record[0], random.random()))
+    hosts = [(pref, host) for pref, host in ordered if host not in (".", "")]
+    lookups = await asyncio.gather(*(resolver.a(host) for _, host in hosts), return_exceptions=True)
+    targets: list[MxTarget] = []
+    failures: list[DnsError] = []
+    for (pref, host), found in zip(hosts, lookups, strict=True):
+        if isinstance(found, DnsError):
+            failures.append(found)
+        elif isinstance(found, BaseException):
+            raise found
+        elif found:
+            targets.append(MxTarget(host, pref, found, implicit=False))
+    if not targets and failures:
+        # Some MX hosts could not be looked up at all: an answer may come later, so this is not final.
+        raise DnsError(f"{domain}: no MX host resolved: {failures[0]}", temporary=True)
+    return targets
