@@ -104,6 +104,38 @@ class Message(MessageItem):
     auth: dict[str, Any] | None = None
 
 
+class SendAttachment(Request):
+    filename: str | None = None
+    content_type: str | None = None
+    content_disposition: Literal["inline", "attachment"] | None = None
+    content_id: str | None = None
+    content: str | None = None  # base64
+    url: str | None = None
+
+
+class SendMessage(Request):
+    labels: list[str] | None = None
+    reply_to: str | list[str] | None = None
+    to: str | list[str] | None = None
+    cc: str | list[str] | None = None
+    bcc: str | list[str] | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[SendAttachment] | None = None
+    headers: dict[str, str] | None = None
+    track_opens: bool | None = None
+
+
+class ReplyMessage(SendMessage):
+    reply_all: bool | None = None
+
+
+class SendMessageResponse(Wire):
+    message_id: str
+    thread_id: str
+
+
 class ListMessages(Wire):
     count: int
     limit: int | None = None

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import uvicorn
 
 from agentpost.api.app import create_app
 from agentpost.config import Config, ConfigError, split_hostport
-from agentpost.inbound.checks import Directory, RateLimiter
+from agentpost.inbound.checks import Directory, RateLimiter, Route
 from agentpost.inbound.receive import GroupCommitter, Receiver
+from agentpost.model import Envelope
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.webhooks import WebhookWorker
@@ -106,7 +107,7 @@ def mx_processes(config: Config) -> int:
 
 async def start_mx(
     config: Config, db: Database, directory: Directory, on_commit: Callable[[], None]
-) -> tuple[MxServer, GroupCommitter]:
+) -> tuple[MxServer, GroupCommitter, Receiver]:
     """The MX listener with its receive pipeline and group committer."""
     committer = GroupCommitter(db, config.database.commit_batch, on_commit, config.database.commit_linger)
     committer.start()
@@ -130,7 +131,21 @@ async def start_mx(
     except BaseException:
         await committer.stop()
         raise
-    return mx, committer
+    return mx, committer, receiver
+
+
+def local_delivery(
+    config: Config, directory: Directory, receiver: Receiver
+) -> Callable[[str, list[str], bytes], Awaitable[None]]:
+    """Mail from one hosted inbox to another goes straight into the inbound pipeline."""
+
+    async def deliver(mail_from: str, rcpt_to: list[str], raw: bytes) -> None:
+        routes = [r for r in [await directory.route(a) for a in rcpt_to] if isinstance(r, Route)]
+        if routes:
+            envelope = Envelope(mail_from, rcpt_to, helo=config.hostname, client_ip="127.0.0.1")
+            await receiver.receive(envelope, raw, routes)
+
+    return deliver
 
 
 def spawn_mx_workers(count: int) -> list[subprocess.Popen[bytes]]:
@@ -171,7 +186,7 @@ async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)
     db = Database(config.database_url)
     directory = Directory(db)
-    mx, committer = await start_mx(config, db, directory, lambda: None)
+    mx, committer, _ = await start_mx(config, db, directory, lambda: None)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,7 +204,8 @@ async def start(config: Config) -> Running:
     await db.migrate()
     directory = Directory(db)
     ctx = build_context(config, db, directory)
-    mx, committer = await start_mx(config, db, directory, ctx.bus.published)
+    mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
+    ctx.deliver_local = local_delivery(config, directory, receiver)
     workers = spawn_mx_workers(mx_processes(config) - 1)
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(

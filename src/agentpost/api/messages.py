@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 
 from agentpost import schemas
 from agentpost.api.deps import Ctx, Q, Who
-from agentpost.service import mail
+from agentpost.service import mail, messages
 
 router = APIRouter(tags=["messages"])
 PREFIX = "/v0/inboxes/{inbox_id}/messages"
@@ -26,6 +27,52 @@ async def batch_get(
     ctx: Ctx, who: Who, inbox_id: str, body: schemas.BatchGetMessages
 ) -> schemas.BatchGetMessagesResponse:
     return await mail.batch_get(ctx, who, inbox_id, body.message_ids)
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+@router.post(PREFIX + "/send", response_model=schemas.SendMessageResponse)
+async def send_message(
+    ctx: Ctx, who: Who, inbox_id: str, body: schemas.SendMessage, idempotency_key: IdempotencyKey = None
+) -> schemas.SendMessageResponse:
+    return await messages.send(ctx, who, inbox_id, body, idempotency_key)
+
+
+@router.post(PREFIX + "/{message_id:path}/reply-all", response_model=schemas.SendMessageResponse)
+async def reply_all(
+    ctx: Ctx,
+    who: Who,
+    inbox_id: str,
+    message_id: str,
+    body: schemas.ReplyMessage,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.SendMessageResponse:
+    return await messages.reply(ctx, who, inbox_id, message_id, body, True, idempotency_key)
+
+
+@router.post(PREFIX + "/{message_id:path}/reply", response_model=schemas.SendMessageResponse)
+async def reply(
+    ctx: Ctx,
+    who: Who,
+    inbox_id: str,
+    message_id: str,
+    body: schemas.ReplyMessage,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.SendMessageResponse:
+    return await messages.reply(ctx, who, inbox_id, message_id, body, False, idempotency_key)
+
+
+@router.post(PREFIX + "/{message_id:path}/forward", response_model=schemas.SendMessageResponse)
+async def forward(
+    ctx: Ctx,
+    who: Who,
+    inbox_id: str,
+    message_id: str,
+    body: schemas.SendMessage,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.SendMessageResponse:
+    return await messages.forward(ctx, who, inbox_id, message_id, body, idempotency_key)
 
 
 @router.get(PREFIX + "/{message_id:path}/raw", response_model=schemas.RawMessage)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -66,3 +66,5 @@ class Context:
     hostname: str
     public_url: str
     mx_host: str = ""
+    # Hands a signed message to the inbound pipeline for hosted recipients (set by serve).
+    deliver_local: Callable[[str, list[str], bytes], Awaitable[None]] | None = None

@@ -70,6 +70,17 @@ async def render(conn: AsyncConnection, event: EventRow) -> dict[str, Any] | Non
             return None  # deleted since: nothing left to tell
         body["message"] = message_store.to_message(row).model_dump(mode="json", by_alias=True, exclude_none=True)
         body["thread"] = message_store.to_thread_item(thread).model_dump(mode="json", exclude_none=True)
+    elif event.event_type == "message.sent":
+        row = await message_store.get_by_pk(conn, event.payload["message_pk"])
+        if row is None:
+            return None
+        body["send"] = {
+            "inbox_id": row.inbox_id,
+            "thread_id": row.thread_id,
+            "message_id": row.message_id,
+            "timestamp": row.timestamp.isoformat(),
+            "recipients": [*(row.to or []), *(row.cc or []), *(row.bcc or [])],
+        }
     else:
         body.update(event.payload)
     return body

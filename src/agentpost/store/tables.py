@@ -252,3 +252,14 @@ cursors = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
 )
+
+# Results of send-like calls by Idempotency-Key, kept 24 h: a repeat returns the original result.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("organization_id", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Everything that leaves: the submit choke point (queue, delivery and bounces are next)."""

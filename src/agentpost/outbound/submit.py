@@ -1,0 +1,90 @@
+"""outbound.submit: the single entry for every outgoing message: compose, sign, store the sent copy."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from agentpost import model
+from agentpost.mailauth.dkim import DkimSigner
+from agentpost.model import new_id, utcnow
+from agentpost.proto import mime, text
+from agentpost.proto.compose import Composed, Draft, compose
+from agentpost.proto.threads import thread_keys
+from agentpost.store import messages as message_store
+from agentpost.store.db import Database
+from agentpost.store.messages import NewAttachment, NewMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    organization_id: str
+    inbox_id: str
+    mail_from: str  # envelope sender (RFC 5321 reverse-path)
+    domain: str  # sending domain: Message-ID right-hand side
+    draft: Draft
+    labels: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    message_id: str
+    thread_id: str
+    raw: bytes  # signed, exactly as it goes on the wire
+    envelope_rcpt: list[str]
+    smtputf8: bool
+
+
+def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed, bytes, NewMessage]:
+    composed = compose(submission.draft, domain=submission.domain)
+    # RFC 6376 §5: sign the exact bytes that go on the wire; the signatures are prepended.
+    raw = (signer.sign(composed.raw) + composed.raw) if signer is not None else composed.raw
+    parsed = mime.parse(raw)
+    body = parsed.text if parsed.text is not None else (text.html_to_text(parsed.html) if parsed.html else None)
+    draft = submission.draft
+    blob = new_id("blb_")
+    item = NewMessage(
+        pk=new_id("msg_"),
+        inbox_id=submission.inbox_id,
+        organization_id=submission.organization_id,
+        message_id=composed.message_id,
+        direction="sent",
+        labels=[model.LABEL_SENT, *submission.labels],
+        mail_from=submission.mail_from,
+        header_from=parsed.header_from,
+        from_address=parsed.from_address,
+        to=parsed.to,
+        cc=parsed.cc,
+        bcc=list(draft.bcc),
+        reply_to=parsed.reply_to,
+        subject=parsed.subject,
+        preview=text.preview(body or "") or None,
+        text=body,
+        html=text.sanitize_html(parsed.html) if parsed.html else None,
+        extracted_text=body,
+        extracted_html=text.sanitize_html(parsed.html) if parsed.html else None,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        headers=parsed.headers,
+        attachments=[
+            NewAttachment(a.attachment_id, a.filename, a.content_type, a.size, a.content_id, a.disposition)
+            for a in parsed.attachments
+        ],
+        defects=[],
+        auth=None,
+        size=len(raw),
+        timestamp=utcnow(),
+        thread_keys=thread_keys(composed.message_id, draft.in_reply_to, list(draft.references)),
+        raw_key=blob,
+        raw=raw,
+        event_type="message.sent",
+    )
+    return composed, raw, item
+
+
+async def submit(db: Database, submission: Submission, signer: DkimSigner | None) -> Submitted:
+    """Compose and sign off the event loop, then store the sent copy, its thread and its
+    message.sent event in one transaction. Raises ComposeError for invalid drafts."""
+    composed, raw, item = await asyncio.to_thread(_build, submission, signer)
+    saved = await db.run_write(message_store.save_batch, [item])
+    return Submitted(composed.message_id, saved[0].thread_id, raw, composed.envelope_rcpt, composed.smtputf8)

@@ -1,0 +1,293 @@
+"""Sending use cases: send, reply, reply-all, forward; each goes through outbound.submit once."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from agentpost import schemas
+from agentpost.errors import Conflict, Invalid, NotFound
+from agentpost.outbound.submit import Submission, submit
+from agentpost.proto import mime
+from agentpost.proto.address import AddressError, domain_of, parse_address
+from agentpost.proto.compose import ComposeError, Draft, OutgoingAttachment
+from agentpost.service import domains as domain_service
+from agentpost.service.auth import Principal
+from agentpost.service.context import Context
+from agentpost.service.mail import _clean_labels
+from agentpost.store import domains as domain_store
+from agentpost.store import idempotency
+from agentpost.store import inboxes as inbox_store
+from agentpost.store import messages as message_store
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+
+
+def _addresses(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _attachments(items: list[schemas.SendAttachment] | None) -> list[OutgoingAttachment]:
+    out: list[OutgoingAttachment] = []
+    for index, item in enumerate(items or []):
+        if item.url is not None:
+            raise Invalid(
+                "attachments by url are not supported; send base64 content",
+                [{"path": f"attachments[{index}].url", "message": "not supported"}],
+            )
+        try:
+            content = base64.b64decode(item.content or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid(
+                "attachment content is not valid base64",
+                [{"path": f"attachments[{index}].content", "message": "base64"}],
+            ) from None
+        if len(content) > MAX_ATTACHMENT_BYTES:
+            raise Invalid("attachment too large", [{"path": f"attachments[{index}].content", "message": "too large"}])
+        out.append(
+            OutgoingAttachment(
+                content=content,
+                filename=item.filename,
+                content_type=item.content_type,
+                disposition=item.content_disposition or "attachment",
+                content_id=item.content_id,
+            )
+        )
+    return out
+
+
+def _request_hash(kind: str, inbox_id: str, target: str | None, req: schemas.SendMessage) -> str:
+    body = json.dumps([kind, inbox_id.lower(), target, req.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+async def _inbox(ctx: Context, who: Principal, inbox_id: str) -> Any:
+    who.check_inbox(inbox_id)
+    async with ctx.db.read() as conn:
+        row = await inbox_store.get_row(conn, inbox_id)
+    if row is None or row.organization_id != who.organization_id:
+        raise NotFound("inbox not found")
+    return row
+
+
+async def _original(ctx: Context, inbox_id: str, message_id: str) -> Any:
+    async with ctx.db.read() as conn:
+        row = await message_store.get_row(conn, inbox_id.lower(), message_id)
+    if row is None:
+        raise NotFound("message not found")
+    return row
+
+
+async def _submit(
+    ctx: Context,
+    who: Principal,
+    inbox: Any,
+    draft: Draft,
+    labels: list[str],
+    idempotency_key: str | None,
+    request_hash: str,
+) -> schemas.SendMessageResponse:
+    if idempotency_key is not None:
+        if not idempotency_key or len(idempotency_key) > 255:
+            raise Invalid(
+                "Idempotency-Key must be 1-255 characters", [{"path": "Idempotency-Key", "message": "length"}]
+            )
+        async with ctx.db.read() as conn:
+            found = await idempotency.find(conn, who.organization_id, idempotency_key)
+        if found is not None:
+            if found[0] != request_hash:
+                raise Conflict("Idempotency-Key was used with a different request")
+            return schemas.SendMessageResponse(**found[1])
+    async with ctx.db.read() as conn:
+        domain_row = await domain_store.get_row(conn, who.organization_id, inbox.domain)
+    if domain_row is None:
+        raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
+    signer = await domain_service.signer(ctx, domain_row.id, domain_row.domain)
+    local, remote = await _split_recipients(ctx, draft)
+    if remote:
+        # Delivery to other domains (queue, MX, retries, bounces) is not built yet: refuse
+        # clearly rather than accept mail that would never leave.
+        raise Invalid(
+            "delivery to domains not hosted by this server is not available yet",
+            [{"path": "to", "message": f"not hosted here: {', '.join(remote)}"}],
+        )
+    try:
+        submitted = await submit(
+            ctx.db,
+            Submission(who.organization_id, inbox.id, inbox.id, domain_row.domain, draft, labels),
+            signer,
+        )
+    except ComposeError as exc:
+        raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None
+    if local and ctx.deliver_local is not None:
+        # Hosted recipients get the signed message through the inbound pipeline, no network.
+        await ctx.deliver_local(inbox.id, local, submitted.raw)
+    response = schemas.SendMessageResponse(message_id=submitted.message_id, thread_id=submitted.thread_id)
+    if idempotency_key is not None:
+        async with ctx.db.write() as conn:
+            await idempotency.record(conn, who.organization_id, idempotency_key, request_hash, response.model_dump())
+    return response
+
+
+async def _split_recipients(ctx: Context, draft: Draft) -> tuple[list[str], list[str]]:
+    """(hosted recipients, remote recipients); an unknown inbox at a hosted domain is refused."""
+    local: list[str] = []
+    remote: list[str] = []
+    seen: set[str] = set()
+    fields = [
+        (f"{name}[{i}]", value)
+        for name, values in (("to", draft.to), ("cc", draft.cc), ("bcc", draft.bcc))
+        for i, value in enumerate(values)
+    ]
+    for path, value in fields:
+        try:
+            address = parse_address(value)
+        except AddressError as exc:
+            raise Invalid(str(exc), [{"path": path, "message": str(exc)}]) from None
+        if address.key in seen:
+            continue
+        seen.add(address.key)
+        async with ctx.db.read() as conn:
+            hosted = await domain_store.receiving(conn, domain_of(address.addr_spec))
+            inbox = await inbox_store.get_row(conn, address.key) if hosted else None
+        if hosted is None:
+            remote.append(address.addr_spec)
+        elif inbox is None:
+            raise Invalid(
+                f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}]
+            )
+        else:
+            local.append(address.addr_spec)
+    if not seen:
+        raise Invalid("at least one recipient is required", [{"path": "to", "message": "required"}])
+    return local, remote
+
+
+def _from(inbox: Any) -> str:
+    return f"{inbox.display_name} <{inbox.email}>" if inbox.display_name else str(inbox.email)
+
+
+async def send(
+    ctx: Context, who: Principal, inbox_id: str, req: schemas.SendMessage, idempotency_key: str | None
+) -> schemas.SendMessageResponse:
+    who.require("message_send")
+    inbox = await _inbox(ctx, who, inbox_id)
+    draft = Draft(
+        header_from=_from(inbox),
+        to=_addresses(req.to),
+        cc=_addresses(req.cc),
+        bcc=_addresses(req.bcc),
+        reply_to=_addresses(req.reply_to),
+        subject=req.subject,
+        text=req.text,
+        html=req.html,
+        attachments=_attachments(req.attachments),
+        headers=dict(req.headers or {}),
+    )
+    labels = _clean_labels(req.labels, "labels")
+    return await _submit(ctx, who, inbox, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req))
+
+
+def _prefixed(prefix: str, subject: str | None) -> str:
+    subject = subject or ""
+    return subject if subject.lower().startswith(prefix.lower()) else f"{prefix} {subject}".strip()
+
+
+async def reply(
+    ctx: Context,
+    who: Principal,
+    inbox_id: str,
+    message_id: str,
+    req: schemas.ReplyMessage,
+    reply_all: bool,
+    idempotency_key: str | None,
+) -> schemas.SendMessageResponse:
+    who.require("message_send")
+    inbox = await _inbox(ctx, who, inbox_id)
+    original = await _original(ctx, inbox_id, message_id)
+    reply_all = reply_all or bool(req.reply_all)
+    own = str(inbox.email).lower()
+    if original.direction == "sent":
+        target = list(original.to or [])
+    else:
+        target = list(original.reply_to or []) or [original.header_from]
+    to = _addresses(req.to) or target
+    cc = _addresses(req.cc)
+    if reply_all and not req.cc:
+        # RFC 5322 §3.6.3: reply-all goes to the author and every other recipient, not to us.
+        chosen = {_key(a) for a in to}
+        cc = [a for a in [*(original.to or []), *(original.cc or [])] if _key(a) not in chosen | {own}]
+    to = [a for a in to if _key(a) != own] or to
+    references = [*(original.references or []), original.message_id]
+    draft = Draft(
+        header_from=_from(inbox),
+        to=to,
+        cc=cc,
+        bcc=_addresses(req.bcc),
+        reply_to=_addresses(req.reply_to),
+        subject=_prefixed("Re:", original.subject),
+        text=req.text,
+        html=req.html,
+        attachments=_attachments(req.attachments),
+        headers=dict(req.headers or {}),
+        in_reply_to=original.message_id,
+        references=references[-50:],
+    )
+    labels = _clean_labels(req.labels, "labels")
+    kind = "reply-all" if reply_all else "reply"
+    return await _submit(
+        ctx, who, inbox, draft, labels, idempotency_key, _request_hash(kind, inbox_id, original.message_id, req)
+    )
+
+
+async def forward(
+    ctx: Context,
+    who: Principal,
+    inbox_id: str,
+    message_id: str,
+    req: schemas.SendMessage,
+    idempotency_key: str | None,
+) -> schemas.SendMessageResponse:
+    who.require("message_send")
+    inbox = await _inbox(ctx, who, inbox_id)
+    original = await _original(ctx, inbox_id, message_id)
+    async with ctx.db.read() as conn:
+        raw = await message_store.raw(conn, original.blob_id)
+    parsed = mime.parse(raw or b"")
+    quoted = (
+        "---------- Forwarded message ---------\n"
+        f"From: {original.header_from}\nDate: {original.timestamp:%a, %d %b %Y %H:%M:%S %z}\n"
+        f"Subject: {original.subject or ''}\nTo: {', '.join(original.to or [])}\n\n{original.text or ''}"
+    )
+    attachments = [
+        OutgoingAttachment(a.content, a.filename, a.content_type, a.disposition, a.content_id)
+        for a in parsed.attachments
+    ]
+    draft = Draft(
+        header_from=_from(inbox),
+        to=_addresses(req.to),
+        cc=_addresses(req.cc),
+        bcc=_addresses(req.bcc),
+        reply_to=_addresses(req.reply_to),
+        subject=req.subject or _prefixed("Fwd:", original.subject),
+        text=f"{req.text}\n\n{quoted}" if req.text else quoted,
+        html=req.html,
+        attachments=attachments + _attachments(req.attachments),
+        headers=dict(req.headers or {}),
+    )
+    labels = _clean_labels(req.labels, "labels")
+    return await _submit(
+        ctx, who, inbox, draft, labels, idempotency_key, _request_hash("forward", inbox_id, original.message_id, req)
+    )
+
+
+def _key(value: str) -> str:
+    try:
+        return parse_address(value).key
+    except AddressError:
+        return value.lower()
