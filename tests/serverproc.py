@@ -52,6 +52,9 @@ class AgentpostServer:
             "AGENTPOST_MX_LISTEN": f"{mx_host}:{self.mx_port}",
             "AGENTPOST_HOSTNAME": "mx.agentpost.test",
             "AGENTPOST_LOG_LEVEL": "INFO",
+            # Tests may only reach loopback: never let a server fall back to the system resolver.
+            # Nothing listens on 127.0.0.1:9 (discard), so lookups fail as temporary errors.
+            "AGENTPOST_DNS_SERVERS": "127.0.0.1:9",
             **(extra_env or {}),
         }
         if database_url:

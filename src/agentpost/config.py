@@ -54,6 +54,18 @@ class DnsConfig(Section):
 class OutboundConfig(Section):
     # Source address of outbound connections (bind before connect).
     source: str = ""
+    # Port of remote MX hosts: 25 on the Internet; tests and smarthost-less labs may differ.
+    port: int = 25
+    # Seconds between attempts of a deferred message (the last value repeats), with jitter.
+    retry_schedule: list[float] = Field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0]
+    )
+    # Seconds after which a message still deferred bounces (Transient).
+    lifetime: float = 5 * 24 * 3600.0
+    timeout: float = 60.0
+    # opportunistic (STARTTLS when offered) | require | none
+    tls: str = "opportunistic"
+    concurrency: int = 10
 
 
 class DatabaseConfig(Section):
@@ -230,6 +242,12 @@ timeout = 5.0
 
 [outbound]
 # source = "192.0.2.10"   # source address for outbound connections
+port = 25
+retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400, 28800]
+lifetime = 432000.0
+timeout = 60.0
+tls = "opportunistic"
+concurrency = 10
 
 [database]
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir

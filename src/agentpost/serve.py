@@ -22,9 +22,12 @@ from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.inbound.checks import Directory, RateLimiter, Route
 from agentpost.inbound.receive import GroupCommitter, Receiver
 from agentpost.model import Envelope
+from agentpost.net.dns import DnspythonResolver
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.webhooks import WebhookWorker
+from agentpost.outbound.deliver import DeliverySettings
+from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
 from agentpost.service.context import Context, Sealer
 from agentpost.smtpd.mx import MxHandler, MxServer
@@ -95,6 +98,7 @@ class Running:
     committer: GroupCommitter
     webhooks: WebhookWorker
     mx_workers: list[subprocess.Popen[bytes]]
+    outbound: OutboundWorker
 
 
 def mx_processes(config: Config) -> int:
@@ -224,6 +228,25 @@ async def start(config: Config) -> Running:
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
     worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
     worker.start()
+    outbound = OutboundWorker(
+        db,
+        ctx.bus,
+        DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
+        WorkerSettings(
+            delivery=DeliverySettings(
+                helo=config.hostname,
+                port=config.outbound.port,
+                source_address=config.outbound.source or None,
+                timeout=config.outbound.timeout,
+                tls=config.outbound.tls,
+            ),
+            retry_schedule=tuple(config.outbound.retry_schedule) or (60.0,),
+            concurrency=config.outbound.concurrency,
+            reporting_mta=config.hostname,
+        ),
+        ctx.deliver_local,
+    )
+    outbound.start()
     log.info(
         "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
         config.http.listen,
@@ -233,7 +256,8 @@ async def start(config: Config) -> Running:
         "sqlite" if db.is_sqlite else "postgresql",
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
-    return Running(ctx, mx, http, http_task, committer, worker, workers)
+    ctx.outbound_lifetime = config.outbound.lifetime
+    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound)
 
 
 async def stop(running: Running) -> None:
@@ -244,6 +268,7 @@ async def stop(running: Running) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(running.http_task, 10)
     await running.webhooks.stop()
+    await running.outbound.stop()
     await running.committer.stop()
     await running.ctx.db.close()
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel
 
 from agentpost import schemas
 from agentpost.api.deps import Ctx, Q, Who
@@ -73,6 +74,32 @@ async def forward(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.SendMessageResponse:
     return await messages.forward(ctx, who, inbox_id, message_id, body, idempotency_key)
+
+
+@router.get(PREFIX + "/{message_id:path}/deliveries")
+async def deliveries(ctx: Ctx, who: Who, inbox_id: str, message_id: str) -> dict[str, Any]:
+    return await messages.deliveries(ctx, who, inbox_id, message_id)
+
+
+class AddSuppression(BaseModel):
+    address: str
+    inbox_id: str | None = None
+
+
+@router.get("/v0/suppressions", tags=["suppressions"])
+async def list_suppressions(ctx: Ctx, who: Who) -> dict[str, Any]:
+    return await messages.list_suppressions(ctx, who)
+
+
+@router.post("/v0/suppressions", tags=["suppressions"])
+async def add_suppression(ctx: Ctx, who: Who, body: AddSuppression) -> dict[str, Any]:
+    return await messages.add_suppression(ctx, who, body.address, body.inbox_id)
+
+
+@router.delete("/v0/suppressions/{address}", status_code=204, tags=["suppressions"])
+async def remove_suppression(ctx: Ctx, who: Who, address: str) -> Response:
+    await messages.remove_suppression(ctx, who, address)
+    return Response(status_code=204)
 
 
 @router.get(PREFIX + "/{message_id:path}/raw", response_model=schemas.RawMessage)

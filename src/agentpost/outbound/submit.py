@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from agentpost import model
 from agentpost.mailauth.dkim import DkimSigner
@@ -11,7 +12,7 @@ from agentpost.model import new_id, utcnow
 from agentpost.proto import mime, text
 from agentpost.proto.compose import Composed, Draft, compose
 from agentpost.proto.threads import thread_keys
-from agentpost.store import messages as message_store
+from agentpost.store import queue
 from agentpost.store.db import Database
 from agentpost.store.messages import NewAttachment, NewMessage
 
@@ -82,9 +83,16 @@ def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed,
     return composed, raw, item
 
 
-async def submit(db: Database, submission: Submission, signer: DkimSigner | None) -> Submitted:
-    """Compose and sign off the event loop, then store the sent copy, its thread and its
-    message.sent event in one transaction. Raises ComposeError for invalid drafts."""
+async def submit(
+    db: Database,
+    submission: Submission,
+    signer: DkimSigner | None,
+    remote: list[str] | None = None,
+    lifetime: timedelta = timedelta(days=5),
+) -> Submitted:
+    """Compose and sign off the event loop, then store the sent copy, its thread, its
+    message.sent event and the queue items for ``remote`` recipients in one transaction.
+    Raises ComposeError for invalid drafts."""
     composed, raw, item = await asyncio.to_thread(_build, submission, signer)
-    saved = await db.run_write(message_store.save_batch, [item])
-    return Submitted(composed.message_id, saved[0].thread_id, raw, composed.envelope_rcpt, composed.smtputf8)
+    thread_id = await db.run_write(queue.save_sent, item, list(remote or []), composed.smtputf8, lifetime)
+    return Submitted(composed.message_id, thread_id, raw, composed.envelope_rcpt, composed.smtputf8)

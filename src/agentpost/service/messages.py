@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 from agentpost import schemas
@@ -22,6 +23,8 @@ from agentpost.store import domains as domain_store
 from agentpost.store import idempotency
 from agentpost.store import inboxes as inbox_store
 from agentpost.store import messages as message_store
+from agentpost.store import queue as queue_store
+from agentpost.store import suppressions as suppression_store
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 
@@ -109,21 +112,27 @@ async def _submit(
         raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
     signer = await domain_service.signer(ctx, domain_row.id, domain_row.domain)
     local, remote = await _split_recipients(ctx, draft)
-    if remote:
-        # Delivery to other domains (queue, MX, retries, bounces) is not built yet: refuse
-        # clearly rather than accept mail that would never leave.
+    async with ctx.db.read() as conn:
+        blocked = await suppression_store.suppressed(conn, who.organization_id, inbox.id, local + remote)
+    if blocked:
+        # A suppressed address (hard bounce, complaint, unsubscribe) is never mailed again until
+        # it is reactivated: refuse the send rather than silently drop a recipient.
         raise Invalid(
-            "delivery to domains not hosted by this server is not available yet",
-            [{"path": "to", "message": f"not hosted here: {', '.join(remote)}"}],
+            f"suppressed recipients: {', '.join(sorted(blocked))}",
+            [{"path": "to", "message": f"suppressed: {', '.join(sorted(blocked))}"}],
         )
     try:
         submitted = await submit(
             ctx.db,
             Submission(who.organization_id, inbox.id, inbox.id, domain_row.domain, draft, labels),
             signer,
+            remote,
+            timedelta(seconds=ctx.outbound_lifetime),
         )
     except ComposeError as exc:
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None
+    if remote:
+        ctx.bus.published()  # wake the outbound worker
     if local and ctx.deliver_local is not None:
         # Hosted recipients get the signed message through the inbound pipeline, no network.
         await ctx.deliver_local(inbox.id, local, submitted.raw)
@@ -158,9 +167,7 @@ async def _split_recipients(ctx: Context, draft: Draft) -> tuple[list[str], list
         if hosted is None:
             remote.append(address.addr_spec)
         elif inbox is None:
-            raise Invalid(
-                f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}]
-            )
+            raise Invalid(f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}])
         else:
             local.append(address.addr_spec)
     if not seen:
@@ -291,3 +298,64 @@ def _key(value: str) -> str:
         return parse_address(value).key
     except AddressError:
         return value.lower()
+
+
+async def deliveries(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> dict[str, Any]:
+    """Every delivery attempt of a sent message, with the remote host and the full SMTP reply."""
+    who.require("message_read")
+    await _inbox(ctx, who, inbox_id)
+    original = await _original(ctx, inbox_id, message_id)
+    async with ctx.db.read() as conn:
+        rows = await queue_store.attempts_for(conn, original.id)
+    items = [
+        {
+            "recipient": r.rcpt,
+            "outcome": r.outcome,
+            "remote_host": r.remote_host,
+            "remote_ip": r.remote_ip,
+            "code": r.code,
+            "enhanced": r.enhanced,
+            "reply": r.reply,
+            "tls_version": r.tls_version,
+            "tls_verified": r.tls_verified,
+            "duration_ms": r.duration_ms,
+            "timestamp": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+    return {"message_id": original.message_id, "count": len(items), "deliveries": items}
+
+
+async def list_suppressions(ctx: Context, who: Principal) -> dict[str, Any]:
+    who.require("list_entry_read")
+    async with ctx.db.read() as conn:
+        rows = await suppression_store.list_rows(conn, who.organization_id, who.inbox_id)
+    items = [
+        {"address": r.address, "inbox_id": r.scope or None, "reason": r.reason, "reply": r.reply,
+         "created_at": r.created_at.isoformat()}
+        for r in rows
+    ]  # fmt: skip
+    return {"count": len(items), "suppressions": items}
+
+
+async def add_suppression(ctx: Context, who: Principal, address: str, inbox_id: str | None) -> dict[str, Any]:
+    who.require("list_entry_create")
+    scope = (inbox_id or who.inbox_id or "").lower()
+    if scope:
+        await _inbox(ctx, who, scope)
+    try:
+        key = parse_address(address).key
+    except AddressError as exc:
+        raise Invalid(str(exc), [{"path": "address", "message": str(exc)}]) from None
+    async with ctx.db.write() as conn:
+        await suppression_store.add(conn, who.organization_id, scope, key, "manual", None)
+    return {"address": key, "inbox_id": scope or None, "reason": "manual"}
+
+
+async def remove_suppression(ctx: Context, who: Principal, address: str) -> None:
+    """Reactivate an address (for the key's inbox, or organisation-wide for an org key)."""
+    who.require("list_entry_delete")
+    async with ctx.db.write() as conn:
+        removed = await suppression_store.remove(conn, who.organization_id, address, who.inbox_id)
+    if not removed:
+        raise NotFound("address is not suppressed")

@@ -263,3 +263,63 @@ idempotency_keys = sa.Table(
     sa.Column("response", sa.JSON, nullable=False),
     sa.Column("created_at", TS, nullable=False),
 )
+
+# Outbound queue: one item per (message, recipient domain); several recipients of one domain
+# share one SMTP transaction. Claimed with a lease so a crashed worker's items are retried.
+outbound_queue = sa.Table(
+    "outbound_queue",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("organization_id", sa.String(40), nullable=False),
+    sa.Column("inbox_id", sa.String(320), nullable=False),
+    sa.Column("message_pk", sa.String(40), nullable=False, index=True),
+    sa.Column("message_id", sa.String(1000), nullable=False),
+    sa.Column("thread_id", sa.String(40), nullable=False),
+    sa.Column("blob_id", sa.String(40), nullable=False),
+    sa.Column("mail_from", sa.String(1000), nullable=False),
+    sa.Column("rcpt_domain", sa.String(255), nullable=False),
+    sa.Column("rcpt_to", sa.JSON, nullable=False),
+    sa.Column("smtputf8", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),  # queued | delivered | bounced
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("lease_until", TS, nullable=True),
+    sa.Column("delayed_notified", sa.Boolean, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_outbound_queue_due", "status", "next_attempt_at"),
+)
+
+# Every delivery attempt per recipient, with the remote host and the full SMTP reply.
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("queue_id", sa.String(40), nullable=False, index=True),
+    sa.Column("message_pk", sa.String(40), nullable=False, index=True),
+    sa.Column("rcpt", sa.String(1000), nullable=False),
+    sa.Column("outcome", sa.String(12), nullable=False),  # delivered | deferred | bounced
+    sa.Column("remote_host", sa.String(255), nullable=True),
+    sa.Column("remote_ip", sa.String(64), nullable=True),
+    sa.Column("code", sa.Integer, nullable=True),
+    sa.Column("enhanced", sa.String(16), nullable=True),
+    sa.Column("reply", sa.Text, nullable=True),
+    sa.Column("tls_version", sa.String(16), nullable=True),
+    sa.Column("tls_verified", sa.Boolean, nullable=True),
+    sa.Column("duration_ms", sa.Integer, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+# Addresses not to send to, per organisation (inbox_id empty) or per inbox.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("organization_id", sa.String(40), primary_key=True),
+    sa.Column("scope", sa.String(320), primary_key=True),  # "" = organisation, else an inbox id
+    sa.Column("address", sa.String(320), primary_key=True),  # lowercased addr-spec
+    sa.Column("reason", sa.String(20), nullable=False),  # bounced | complained | unsubscribed | manual
+    sa.Column("reply", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
