@@ -85,7 +85,9 @@ def _send(http: httpx.Client, inbox: str, to: str, subject: str) -> dict[str, An
     return dict(response.json())
 
 
-def _deliveries(http: httpx.Client, inbox: str, message_id: str, until: str, timeout: float = 20) -> list[dict[str, Any]]:
+def _deliveries(
+    http: httpx.Client, inbox: str, message_id: str, until: str, timeout: float = 20
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -104,7 +106,8 @@ def test_message_is_delivered_through_the_mx_byte_identical_and_logged(world: tu
         attempts = _deliveries(http, inbox, sent["message_id"], "delivered")
         assert attempts[-1]["code"] == 250 and attempts[-1]["remote_host"] == "mx.remote.test"
         assert attempts[-1]["remote_ip"] == PEER_IP
-        raw = httpx.get(http.get(f"/v0/inboxes/{inbox}/messages/{sent['message_id']}/raw").json()["download_url"]).content
+        link = http.get(f"/v0/inboxes/{inbox}/messages/{sent['message_id']}/raw").json()["download_url"]
+        raw = httpx.get(link).content
     arrived = [m for m in peer.messages if "ok@remote.test" in m[1]]
     assert arrived and arrived[0][0] == inbox
     assert arrived[0][2] == raw  # DKIM-signed bytes arrive exactly as stored
@@ -161,5 +164,3 @@ def test_null_mx_bounces_at_once_and_servfail_defers(world: tuple[AgentpostServe
         attempts = _deliveries(http, inbox, broken["message_id"], "deferred")
         assert attempts[0]["code"] == 451 and attempts[0]["enhanced"] == "4.4.3"
         assert all(a["outcome"] == "deferred" for a in attempts)
-
-

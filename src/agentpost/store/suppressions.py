@@ -27,9 +27,7 @@ async def add(
     conn: AsyncConnection, organization_id: str, scope: str, address: str, reason: str, reply: str | None
 ) -> None:
     key = {"organization_id": organization_id, "scope": scope, "address": address.lower()}
-    await conn.execute(
-        suppressions.delete().where(*(getattr(suppressions.c, k) == v for k, v in key.items()))
-    )
+    await conn.execute(suppressions.delete().where(*(getattr(suppressions.c, k) == v for k, v in key.items())))
     await conn.execute(suppressions.insert().values(**key, reason=reason, reply=reply, created_at=utcnow()))
 
 
