@@ -247,6 +247,7 @@ async def start(config: Config) -> Running:
         ctx.deliver_local,
     )
     outbound.start()
+    ctx.outbound_wake = outbound.wake
     log.info(
         "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
         config.http.listen,

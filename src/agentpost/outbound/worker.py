@@ -59,6 +59,12 @@ class OutboundWorker:
         self.deliver_local = deliver_local
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Woken by submissions only, not by every committed event: received mail must not make
+        # the worker contend for the write lock.
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbound-worker")
@@ -72,27 +78,27 @@ class OutboundWorker:
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def _run(self) -> None:
-        wake = self.bus.subscribe()
-        try:
-            while True:
-                wake.clear()
-                try:
-                    await self.step()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("outbound worker step failed; retrying")
-                try:
-                    await asyncio.wait_for(wake.wait(), self.settings.poll_interval)
-                except TimeoutError:
-                    pass
-        finally:
-            self.bus.unsubscribe(wake)
+        while True:
+            self._wake.clear()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbound worker step failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            except TimeoutError:
+                pass
 
     async def step(self) -> None:
         free = self.settings.concurrency - len(self._inflight)
         if free <= 0:
             return
+        async with self.db.read() as conn:
+            due = await queue.next_due(conn)
+        if due is None or due > utcnow():
+            return  # nothing due: no write transaction at all
         async with self.db.write() as conn:
             items = await queue.claim_due(conn, free, timedelta(seconds=self.settings.lease))
         for item in items:

@@ -68,5 +68,7 @@ class Context:
     mx_host: str = ""
     # Hands a signed message to the inbound pipeline for hosted recipients (set by serve).
     deliver_local: Callable[[str, list[str], bytes], Awaitable[None]] | None = None
+    # Wakes the outbound worker after a submission queued remote recipients (set by serve).
+    outbound_wake: Callable[[], None] = lambda: None
     # Seconds a message may stay deferred before it bounces (config outbound.lifetime).
     outbound_lifetime: float = 5 * 24 * 3600.0

@@ -132,7 +132,7 @@ async def _submit(
     except ComposeError as exc:
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None
     if remote:
-        ctx.bus.published()  # wake the outbound worker
+        ctx.outbound_wake()
     if local and ctx.deliver_local is not None:
         # Hosted recipients get the signed message through the inbound pipeline, no network.
         await ctx.deliver_local(inbox.id, local, submitted.raw)

@@ -186,3 +186,10 @@ async def attempts_for(conn: AsyncConnection, message_pk: str) -> list[Any]:
 async def pending_count(conn: AsyncConnection) -> int:
     query = sa.select(sa.func.count()).select_from(outbound_queue).where(outbound_queue.c.status == "queued")
     return int((await conn.execute(query)).scalar_one())
+
+
+async def next_due(conn: AsyncConnection) -> datetime | None:
+    """When the earliest queued item is due (None when the queue is empty)."""
+    query = sa.select(sa.func.min(outbound_queue.c.next_attempt_at)).where(outbound_queue.c.status == "queued")
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None
