@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost.model import new_id, utcnow
+from agentpost.store import leases
 from agentpost.store import messages as message_store
 from agentpost.store.messages import NewMessage
 from agentpost.store.tables import delivery_attempts, outbound_queue
@@ -107,37 +108,30 @@ def save_sent(conn: sa.Connection, item: NewMessage, remote: list[str], smtputf8
     return thread_id
 
 
-def _item(r: Any) -> QueueItem:
+def _item(r: Any, attempts: int) -> QueueItem:
     return QueueItem(
         r.id, r.organization_id, r.inbox_id, r.message_pk, r.message_id, r.thread_id, r.blob_id, r.mail_from,
-        r.rcpt_domain, list(r.rcpt_to), bool(r.smtputf8), r.attempts, bool(r.delayed_notified), r.expires_at,
+        r.rcpt_domain, list(r.rcpt_to), bool(r.smtputf8), attempts, bool(r.delayed_notified), r.expires_at,
         r.created_at,
     )  # fmt: skip
 
 
 async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list[QueueItem]:
-    """Due items, leased to this worker; on PostgreSQL rows locked by another worker are skipped."""
-    now = utcnow()
-    query = (
-        sa.select(outbound_queue)
-        .where(
-            outbound_queue.c.status == "queued",
-            outbound_queue.c.next_attempt_at <= now,
-            sa.or_(outbound_queue.c.lease_until.is_(None), outbound_queue.c.lease_until < now),
-        )
-        .order_by(outbound_queue.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    """Due items, leased to this worker; on PostgreSQL rows locked by another worker are skipped.
+
+    The attempt is recorded (lease taken, attempts counted) before dialling.
+    """
+    rows = await leases.claim(
+        conn,
+        outbound_queue,
+        outbound_queue.c.status == "queued",
+        limit,
+        lease,
+        attempts=outbound_queue.c.attempts + 1,
+        updated_at=utcnow(),
     )
-    rows = list((await conn.execute(query)).all())
-    if rows:
-        # The attempt is recorded (lease taken, attempts counted) before dialling.
-        await conn.execute(
-            outbound_queue.update()
-            .where(outbound_queue.c.id.in_([r.id for r in rows]))
-            .values(lease_until=now + lease, attempts=outbound_queue.c.attempts + 1, updated_at=now)
-        )
-    return [_item(r) for r in rows]
+    # Rows were read before the update: count this attempt in what the worker sees.
+    return [_item(r, attempts=r.attempts + 1) for r in rows]
 
 
 async def record_attempts(conn: AsyncConnection, attempts: list[dict[str, Any]]) -> None:

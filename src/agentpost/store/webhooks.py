@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost.model import new_id, utcnow
 from agentpost.store import events as event_store
+from agentpost.store import leases
 from agentpost.store.tables import cursors, events, webhook_deliveries, webhooks
 
 FANOUT_CURSOR = "webhooks.fanout"
@@ -116,26 +117,9 @@ class Claimed:
 
 
 async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list[Claimed]:
-    now = utcnow()
-    query = (
-        sa.select(webhook_deliveries)
-        .where(
-            webhook_deliveries.c.status == "pending",
-            webhook_deliveries.c.next_attempt_at <= now,
-            sa.or_(webhook_deliveries.c.lease_until.is_(None), webhook_deliveries.c.lease_until < now),
-        )
-        .order_by(webhook_deliveries.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = list((await conn.execute(query)).all())
+    rows = await leases.claim(conn, webhook_deliveries, webhook_deliveries.c.status == "pending", limit, lease)
     if not rows:
         return []
-    await conn.execute(
-        webhook_deliveries.update()
-        .where(webhook_deliveries.c.id.in_([r.id for r in rows]))
-        .values(lease_until=now + lease)
-    )
     hook_rows = {
         h.id: h
         for h in (await conn.execute(sa.select(webhooks).where(webhooks.c.id.in_({r.webhook_id for r in rows})))).all()

@@ -1,0 +1,46 @@
+"""Claiming due work rows with a lease: the one mechanism behind every queue (webhook deliveries, outbound mail).
+
+A row is due when its ``next_attempt_at`` has passed and no unexpired lease holds it. Claiming
+sets the lease in the caller's write transaction, so a worker that dies leaves its rows to be
+claimed again once the lease runs out. On PostgreSQL the selected rows are locked with
+``FOR UPDATE SKIP LOCKED``, so several processes never claim the same row; SQLite has one writer.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agentpost.model import utcnow
+
+
+async def claim(
+    conn: AsyncConnection,
+    table: sa.Table,
+    pending: sa.ColumnElement[bool],
+    limit: int,
+    lease: timedelta,
+    **on_claim: Any,
+) -> list[Any]:
+    """Due rows matching ``pending``, oldest due first, now leased; ``on_claim`` sets more columns."""
+    now = utcnow()
+    query = (
+        sa.select(table)
+        .where(
+            pending,
+            table.c.next_attempt_at <= now,
+            sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+        )
+        .order_by(table.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list((await conn.execute(query)).all())
+    if rows:
+        await conn.execute(
+            table.update().where(table.c.id.in_([r.id for r in rows])).values(lease_until=now + lease, **on_claim)
+        )
+    return rows

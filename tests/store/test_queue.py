@@ -1,0 +1,41 @@
+"""Outbound queue claims on SQLite and PostgreSQL: leases, attempt counting, the first retry step."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from agentpost.net.dns import FakeResolver
+from agentpost.notify.bus import EventBus
+from agentpost.outbound.deliver import DeliverySettings
+from agentpost.outbound.worker import OutboundWorker, WorkerSettings
+from agentpost.store import queue
+
+
+async def test_a_claim_counts_the_attempt_and_leases_the_item_so_no_one_else_claims_it(db: Any) -> None:
+    rows = queue.rows_for(
+        organization_id="org", inbox_id="a@x.test", message_pk="m1", message_id="<m1@x.test>", thread_id="t1",
+        blob_id="b1", mail_from="a@x.test", rcpt_to=["p@one.test", "q@one.test", "r@two.test"], smtputf8=False,
+        lifetime=timedelta(days=5),
+    )  # fmt: skip
+    assert sorted(len(r["rcpt_to"]) for r in rows) == [1, 2]  # one item per recipient domain
+    await db.run_write(queue.enqueue, rows)
+    async with db.write() as conn:
+        first = await queue.claim_due(conn, 10, timedelta(minutes=10))
+    async with db.write() as conn:
+        second = await queue.claim_due(conn, 10, timedelta(minutes=10))
+    assert len(first) == 2 and second == []
+    assert all(item.attempts == 1 for item in first)
+
+
+def test_the_first_retry_waits_the_first_step_of_the_schedule() -> None:
+    worker = OutboundWorker(
+        None,  # type: ignore[arg-type]
+        EventBus(),
+        FakeResolver(),
+        WorkerSettings(DeliverySettings(helo="h"), retry_schedule=(60.0, 300.0, 28800.0)),
+        None,
+    )
+    assert 54.0 <= worker.backoff(1) <= 66.0
+    assert 270.0 <= worker.backoff(2) <= 330.0
+    assert 25920.0 <= worker.backoff(9) <= 31680.0
