@@ -73,7 +73,6 @@ def build_context(config: Config, db: Database, directory: Directory | None = No
         routing_changed=directory.forget if directory is not None else (lambda: None),
         hostname=config.hostname,
         public_url=config.public_url,
-        mx_host=config.hostname,
     )
 
 

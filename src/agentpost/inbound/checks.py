@@ -72,13 +72,11 @@ class Directory:
     def __init__(self, db: Database, ttl: float = 5.0) -> None:
         self.db = db
         self.ttl = ttl
-        self._inboxes: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._domains: tuple[float, dict[str, str]] = (0.0, {})
         self._routes: dict[str, tuple[float, Route | Reply]] = {}
 
     def forget(self) -> None:
         self._routes.clear()
-        self._inboxes.clear()
         self._domains = (0.0, {})
 
     async def hosted_domains(self) -> dict[str, str]:
@@ -91,18 +89,11 @@ class Directory:
         return value
 
     async def inbox(self, address: str) -> tuple[str, str] | None:
-        """(organisation id, status) of the inbox at this address, or None."""
-        key = address.lower()
-        hit = self._inboxes.get(key)
-        if hit is not None and time.monotonic() < hit[0]:
-            return hit[1]
+        """(organisation id, status) of the inbox at this address, or None (uncached: the RCPT
+        decisions built on it are what ``route`` caches)."""
         async with self.db.read() as conn:
-            row = await inbox_store.get_row(conn, key)
-        value = (row.organization_id, row.status) if row is not None else None
-        if len(self._inboxes) > 100_000:
-            self._inboxes.clear()
-        self._inboxes[key] = (time.monotonic() + (self.ttl if value is not None else 0.5), value)
-        return value
+            row = await inbox_store.get_row(conn, address.lower())
+        return (row.organization_id, row.status) if row is not None else None
 
     async def route(self, rcpt: str) -> Route | Reply:
         """RCPT TO decision (RFC 5321 §3.3): relay denied, no such user, or where it goes."""

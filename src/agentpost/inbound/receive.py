@@ -184,10 +184,7 @@ class Receiver:
         stored_raw = self.trace_header(envelope, blob_key) + raw
         message_id = parsed.message_id or f"<{blob_key}@{self.hostname}>"
         keys = thread_keys(parsed.message_id, parsed.in_reply_to, parsed.references)
-        attachments = [
-            NewAttachment(a.attachment_id, a.filename, a.content_type, a.size, a.content_id, a.disposition)
-            for a in parsed.attachments
-        ]
+        attachments = [NewAttachment.of(a) for a in parsed.attachments]
         items = []
         for index, route in enumerate(routes):
             items.append(

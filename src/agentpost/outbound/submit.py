@@ -42,6 +42,7 @@ def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed,
     raw = (signer.sign(composed.raw) + composed.raw) if signer is not None else composed.raw
     parsed = mime.parse(raw)
     body = parsed.text if parsed.text is not None else (text.html_to_text(parsed.html) if parsed.html else None)
+    html = text.sanitize_html(parsed.html) if parsed.html else None
     draft = submission.draft
     blob = new_id("blb_")
     item = NewMessage(
@@ -61,16 +62,13 @@ def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed,
         subject=parsed.subject,
         preview=text.preview(body or "") or None,
         text=body,
-        html=text.sanitize_html(parsed.html) if parsed.html else None,
+        html=html,
         extracted_text=body,
-        extracted_html=text.sanitize_html(parsed.html) if parsed.html else None,
+        extracted_html=html,
         in_reply_to=parsed.in_reply_to,
         references=parsed.references,
         headers=parsed.headers,
-        attachments=[
-            NewAttachment(a.attachment_id, a.filename, a.content_type, a.size, a.content_id, a.disposition)
-            for a in parsed.attachments
-        ],
+        attachments=[NewAttachment.of(a) for a in parsed.attachments],
         defects=[],
         auth=None,
         size=len(raw),

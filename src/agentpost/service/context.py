@@ -65,7 +65,6 @@ class Context:
     routing_changed: Callable[[], None]
     hostname: str
     public_url: str
-    mx_host: str = ""
     # Hands a signed message to the inbound pipeline for hosted recipients (set by serve).
     deliver_local: Callable[[str, list[str], bytes], Awaitable[None]] | None = None
     # Wakes the outbound worker after a submission queued remote recipients (set by serve).

@@ -88,7 +88,7 @@ async def records(ctx: Context, domain_id: str, domain: str) -> list[schemas.Ver
         schemas.VerificationRecord(
             type="MX",
             name=domain,
-            value=ctx.mx_host or ctx.hostname,
+            value=ctx.hostname,
             priority=10,
             status="MISSING",
             reason="not checked yet",

@@ -62,7 +62,7 @@ def _filter(who: Principal, q: Listing) -> MessageFilter:
     )
 
 
-def _clean_labels(values: str | list[str] | None, field: str) -> list[str]:
+def clean_labels(values: str | list[str] | None, field: str) -> list[str]:
     if values is None:
         return []
     items = [values] if isinstance(values, str) else list(values)
@@ -75,10 +75,19 @@ def _clean_labels(values: str | list[str] | None, field: str) -> list[str]:
     return items
 
 
-async def _inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> None:
+async def _inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> Any:
+    """The inbox row, or NotFound when it does not exist or belongs to another organisation."""
     row = await inbox_store.get_row(conn, inbox_id)
     if row is None or row.organization_id != who.organization_id:
         raise NotFound("inbox not found")
+    return row
+
+
+async def owned_inbox(ctx: Context, who: Principal, inbox_id: str) -> Any:
+    """The inbox row, checked against the key's scope and organisation (404 otherwise)."""
+    who.check_inbox(inbox_id)
+    async with ctx.db.read() as conn:
+        return await _inbox_row_checked(conn, who, inbox_id)
 
 
 Row = TypeVar("Row")
@@ -157,8 +166,8 @@ async def update_labels(
     ctx: Context, who: Principal, inbox_id: str, message_id: str, req: schemas.UpdateLabels
 ) -> schemas.UpdateMessageResponse:
     who.require("message_update")
-    add = _clean_labels(req.add_labels, "add_labels")
-    remove = _clean_labels(req.remove_labels, "remove_labels")
+    add = clean_labels(req.add_labels, "add_labels")
+    remove = clean_labels(req.remove_labels, "remove_labels")
     protected = model.SYSTEM_LABELS & (set(add) | set(remove))
     if protected:
         raise Invalid(
@@ -261,8 +270,8 @@ async def update_thread_labels(
     ctx: Context, who: Principal, inbox_id: str | None, thread_id: str, req: schemas.UpdateLabels
 ) -> schemas.UpdateThreadResponse:
     who.require("message_update")
-    add = _clean_labels(req.add_labels, "add_labels")
-    remove = _clean_labels(req.remove_labels, "remove_labels")
+    add = clean_labels(req.add_labels, "add_labels")
+    remove = clean_labels(req.remove_labels, "remove_labels")
     if model.SYSTEM_LABELS & (set(add) | set(remove)):
         raise Invalid("system labels cannot be changed", [{"path": "add_labels", "message": "system label"}])
     await _thread_row(ctx, who, inbox_id, thread_id)

@@ -18,7 +18,7 @@ from agentpost.proto.compose import ComposeError, Draft, OutgoingAttachment
 from agentpost.service import domains as domain_service
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
-from agentpost.service.mail import _clean_labels
+from agentpost.service.mail import clean_labels, owned_inbox
 from agentpost.store import domains as domain_store
 from agentpost.store import idempotency
 from agentpost.store import inboxes as inbox_store
@@ -67,15 +67,6 @@ def _attachments(items: list[schemas.SendAttachment] | None) -> list[OutgoingAtt
 def _request_hash(kind: str, inbox_id: str, target: str | None, req: schemas.SendMessage) -> str:
     body = json.dumps([kind, inbox_id.lower(), target, req.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-async def _inbox(ctx: Context, who: Principal, inbox_id: str) -> Any:
-    who.check_inbox(inbox_id)
-    async with ctx.db.read() as conn:
-        row = await inbox_store.get_row(conn, inbox_id)
-    if row is None or row.organization_id != who.organization_id:
-        raise NotFound("inbox not found")
-    return row
 
 
 async def _original(ctx: Context, inbox_id: str, message_id: str) -> Any:
@@ -183,7 +174,7 @@ async def send(
     ctx: Context, who: Principal, inbox_id: str, req: schemas.SendMessage, idempotency_key: str | None
 ) -> schemas.SendMessageResponse:
     who.require("message_send")
-    inbox = await _inbox(ctx, who, inbox_id)
+    inbox = await owned_inbox(ctx, who, inbox_id)
     draft = Draft(
         header_from=_from(inbox),
         to=_addresses(req.to),
@@ -196,7 +187,7 @@ async def send(
         attachments=_attachments(req.attachments),
         headers=dict(req.headers or {}),
     )
-    labels = _clean_labels(req.labels, "labels")
+    labels = clean_labels(req.labels, "labels")
     return await _submit(ctx, who, inbox, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req))
 
 
@@ -215,7 +206,7 @@ async def reply(
     idempotency_key: str | None,
 ) -> schemas.SendMessageResponse:
     who.require("message_send")
-    inbox = await _inbox(ctx, who, inbox_id)
+    inbox = await owned_inbox(ctx, who, inbox_id)
     original = await _original(ctx, inbox_id, message_id)
     reply_all = reply_all or bool(req.reply_all)
     own = str(inbox.email).lower()
@@ -245,7 +236,7 @@ async def reply(
         in_reply_to=original.message_id,
         references=references[-50:],
     )
-    labels = _clean_labels(req.labels, "labels")
+    labels = clean_labels(req.labels, "labels")
     kind = "reply-all" if reply_all else "reply"
     return await _submit(
         ctx, who, inbox, draft, labels, idempotency_key, _request_hash(kind, inbox_id, original.message_id, req)
@@ -261,7 +252,7 @@ async def forward(
     idempotency_key: str | None,
 ) -> schemas.SendMessageResponse:
     who.require("message_send")
-    inbox = await _inbox(ctx, who, inbox_id)
+    inbox = await owned_inbox(ctx, who, inbox_id)
     original = await _original(ctx, inbox_id, message_id)
     async with ctx.db.read() as conn:
         raw = await message_store.raw(conn, original.blob_id)
@@ -287,7 +278,7 @@ async def forward(
         attachments=attachments + _attachments(req.attachments),
         headers=dict(req.headers or {}),
     )
-    labels = _clean_labels(req.labels, "labels")
+    labels = clean_labels(req.labels, "labels")
     return await _submit(
         ctx, who, inbox, draft, labels, idempotency_key, _request_hash("forward", inbox_id, original.message_id, req)
     )
@@ -303,7 +294,7 @@ def _key(value: str) -> str:
 async def deliveries(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> dict[str, Any]:
     """Every delivery attempt of a sent message, with the remote host and the full SMTP reply."""
     who.require("message_read")
-    await _inbox(ctx, who, inbox_id)
+    await owned_inbox(ctx, who, inbox_id)
     original = await _original(ctx, inbox_id, message_id)
     async with ctx.db.read() as conn:
         rows = await queue_store.attempts_for(conn, original.id)
@@ -342,7 +333,7 @@ async def add_suppression(ctx: Context, who: Principal, address: str, inbox_id: 
     who.require("list_entry_create")
     scope = (inbox_id or who.inbox_id or "").lower()
     if scope:
-        await _inbox(ctx, who, scope)
+        await owned_inbox(ctx, who, scope)
     try:
         key = parse_address(address).key
     except AddressError as exc:

@@ -26,7 +26,7 @@ def _item(row: Any) -> schemas.DomainItem:
     )
 
 
-def _domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
+def to_domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
     item = _item(row)
     return schemas.Domain(**item.model_dump(), status=row.status, records=records)
 
@@ -72,10 +72,6 @@ async def get_row(conn: AsyncConnection, organization_id: str, key: str) -> Any 
 async def by_client_id(conn: AsyncConnection, organization_id: str, client_id: str) -> Any | None:
     query = sa.select(domains).where(domains.c.organization_id == organization_id, domains.c.client_id == client_id)
     return (await conn.execute(query)).first()
-
-
-def to_domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
-    return _domain(row, records)
 
 
 async def list_page(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost import schemas
 from agentpost.model import new_id, utcnow
+from agentpost.proto.mime import ParsedAttachment
 from agentpost.store import labels as labelset
 from agentpost.store.bulk import BulkInsert
 from agentpost.store.tables import attachments, blobs, events, messages, threads
@@ -27,6 +28,10 @@ class NewAttachment:
     size: int
     content_id: str | None
     disposition: str
+
+    @classmethod
+    def of(cls, part: ParsedAttachment) -> NewAttachment:
+        return cls(part.attachment_id, part.filename, part.content_type, part.size, part.content_id, part.disposition)
 
 
 @dataclass(slots=True)
@@ -552,20 +557,20 @@ async def set_thread_labels(conn: AsyncConnection, thread_id: str, add: list[str
 
 
 async def delete_thread(conn: AsyncConnection, thread_id: str) -> None:
-    blob_ids = [
-        r[0] for r in (await conn.execute(sa.select(messages.c.blob_id).where(messages.c.thread_id == thread_id))).all()
-    ]
-    await conn.execute(messages.delete().where(messages.c.thread_id == thread_id))
-    await conn.execute(threads.delete().where(threads.c.id == thread_id))
-    await _drop_orphan_blobs(conn, blob_ids)
+    await _delete_mail(conn, messages.c.thread_id == thread_id, threads.c.id == thread_id)
 
 
 async def delete_inbox_mail(conn: AsyncConnection, inbox_id: str) -> None:
-    blob_ids = [
-        r[0] for r in (await conn.execute(sa.select(messages.c.blob_id).where(messages.c.inbox_id == inbox_id))).all()
-    ]
-    await conn.execute(messages.delete().where(messages.c.inbox_id == inbox_id))
-    await conn.execute(threads.delete().where(threads.c.inbox_id == inbox_id))
+    await _delete_mail(conn, messages.c.inbox_id == inbox_id, threads.c.inbox_id == inbox_id)
+
+
+async def _delete_mail(
+    conn: AsyncConnection, which_messages: sa.ColumnElement[bool], which_threads: sa.ColumnElement[bool]
+) -> None:
+    """Messages and threads, then the raw blobs no remaining copy refers to."""
+    blob_ids = [r[0] for r in (await conn.execute(sa.select(messages.c.blob_id).where(which_messages))).all()]
+    await conn.execute(messages.delete().where(which_messages))
+    await conn.execute(threads.delete().where(which_threads))
     await _drop_orphan_blobs(conn, blob_ids)
 
 
