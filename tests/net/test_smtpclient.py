@@ -396,8 +396,8 @@ SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin:/sbin:/bin")
 @pytest.fixture
 def smtp_sink() -> Iterator[int]:
     """Postfix's smtp-sink on 127.0.0.7: a real SMTP server that accepts and discards everything."""
-    if SMTP_SINK is None:
-        pytest.skip("postfix smtp-sink not installed")
+    # scripts/install-test-deps.sh installs postfix: a missing smtp-sink is a setup failure.
+    assert SMTP_SINK is not None, "postfix smtp-sink not installed: run scripts/install-test-deps.sh"
     port = free_port("127.0.0.7")
     command = [SMTP_SINK, f"127.0.0.7:{port}", "100"]
     if os.geteuid() == 0:
