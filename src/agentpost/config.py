@@ -65,7 +65,38 @@ class OutboundConfig(Section):
     timeout: float = 60.0
     # opportunistic (STARTTLS when offered) | require | none
     tls: str = "opportunistic"
-    concurrency: int = 10
+    # Deliveries in flight at once, and sessions open to one receiving host at once.
+    concurrency: int = 50
+    per_host: int = 20
+    # Ages (seconds since queued) at which another message.delayed event is sent; the first
+    # deferral always sends one.
+    delay_notices: list[float] = Field(default_factory=lambda: [14400.0, 86400.0, 172800.0])
+    # Seconds a claimed queue item stays leased: a process that dies leaves its items to the
+    # others after this.
+    lease: float = 600.0
+    # Smarthost ("host" or "host:port"): relay all outbound mail through it instead of the MX.
+    smarthost: str = ""
+    # require (STARTTLS, never clear) | implicit (TLS from the first byte, port 465) | none
+    smarthost_tls: str = "require"
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    # List-Unsubscribe (RFC 2369) + one-click (RFC 8058) on every message sent through the API;
+    # a caller-supplied List-Unsubscribe header always wins.
+    list_unsubscribe: bool = True
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_mode(cls, value: str) -> str:
+        if value not in ("opportunistic", "require", "none"):
+            raise ValueError("must be opportunistic, require or none")
+        return value
+
+    @field_validator("smarthost_tls")
+    @classmethod
+    def _smarthost_tls_mode(cls, value: str) -> str:
+        if value not in ("require", "implicit", "none"):
+            raise ValueError("must be require, implicit or none")
+        return value
 
 
 class DatabaseConfig(Section):
@@ -247,7 +278,15 @@ retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400, 28800]
 lifetime = 432000.0
 timeout = 60.0
 tls = "opportunistic"
-concurrency = 10
+concurrency = 50
+per_host = 20
+delay_notices = [14400, 86400, 172800]
+lease = 600.0
+# smarthost = "smtp.relay.example:587"   # relay everything through it (port 25 blocked)
+smarthost_tls = "require"
+# smarthost_username = ""
+# smarthost_password = ""                # or AGENTPOST_OUTBOUND_SMARTHOST_PASSWORD
+list_unsubscribe = true                  # List-Unsubscribe + one-click on sent mail
 
 [database]
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir

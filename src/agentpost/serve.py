@@ -20,18 +20,24 @@ import uvicorn
 from agentpost.api.app import create_app
 from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.inbound.checks import Directory, RateLimiter, Route
-from agentpost.inbound.receive import GroupCommitter, Receiver
+from agentpost.inbound.receive import Receiver
 from agentpost.model import Envelope
 from agentpost.net.dns import DnspythonResolver
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.webhooks import WebhookWorker
-from agentpost.outbound.deliver import DeliverySettings
+from agentpost.outbound.deliver import DeliverySettings, Smarthost
+from agentpost.outbound.outcomes import Policy
 from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
 from agentpost.service.context import Context, Sealer
 from agentpost.smtpd.mx import MxHandler, MxServer
+from agentpost.store import messages as message_store
+from agentpost.store import queue as queue_store
 from agentpost.store.db import Database
+from agentpost.store.group_commit import GroupCommitter
+from agentpost.store.messages import NewMessage, Saved
+from agentpost.store.queue import SentMessage
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +100,11 @@ class Running:
     mx: MxServer
     http: _Uvicorn
     http_task: asyncio.Task[None]
-    committer: GroupCommitter
+    committer: GroupCommitter[NewMessage, Saved]
     webhooks: WebhookWorker
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
+    sent: GroupCommitter[SentMessage, str]
 
 
 def mx_processes(config: Config) -> int:
@@ -110,9 +117,11 @@ def mx_processes(config: Config) -> int:
 
 async def start_mx(
     config: Config, db: Database, directory: Directory, on_commit: Callable[[], None]
-) -> tuple[MxServer, GroupCommitter, Receiver]:
+) -> tuple[MxServer, GroupCommitter[NewMessage, Saved], Receiver]:
     """The MX listener with its receive pipeline and group committer."""
-    committer = GroupCommitter(db, config.database.commit_batch, on_commit, config.database.commit_linger)
+    committer: GroupCommitter[NewMessage, Saved] = GroupCommitter(
+        db, message_store.save_batch, config.database.commit_batch, on_commit, config.database.commit_linger, "receive"
+    )
     committer.start()
     receiver = Receiver(db, config.hostname, mime_limits(config), committer)
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
@@ -202,11 +211,40 @@ async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
         await db.close()
 
 
+def worker_settings(config: Config) -> WorkerSettings:
+    out = config.outbound
+    relay = None
+    if out.smarthost:
+        host, port = split_hostport(out.smarthost, 465 if out.smarthost_tls == "implicit" else 587)
+        credentials = (out.smarthost_username, out.smarthost_password) if out.smarthost_username else None
+        relay = Smarthost(host, port, out.smarthost_tls, credentials)
+    return WorkerSettings(
+        delivery=DeliverySettings(
+            helo=config.hostname,
+            port=out.port,
+            source_address=out.source or None,
+            timeout=out.timeout,
+            tls=out.tls,
+            smarthost=relay,
+        ),
+        policy=Policy(tuple(out.retry_schedule) or (60.0,), tuple(out.delay_notices)),
+        concurrency=max(1, out.concurrency),
+        per_host=max(1, out.per_host),
+        lease=out.lease,
+        reporting_mta=config.hostname,
+    )
+
+
 async def start(config: Config) -> Running:
     db = Database(config.database_url)
     await db.migrate()
     directory = Directory(db)
     ctx = build_context(config, db, directory)
+    sent_committer: GroupCommitter[SentMessage, str] = GroupCommitter(
+        db, queue_store.save_sent, config.database.commit_batch, ctx.bus.published, 0.0, "sent"
+    )
+    sent_committer.start()
+    ctx.commit_sent = sent_committer.commit
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
     workers = spawn_mx_workers(mx_processes(config) - 1)
@@ -223,6 +261,7 @@ async def start(config: Config) -> Running:
         stop_mx_workers(workers)
         await mx.stop()
         await committer.stop()
+        await sent_committer.stop()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
     worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
@@ -231,18 +270,7 @@ async def start(config: Config) -> Running:
         db,
         ctx.bus,
         DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
-        WorkerSettings(
-            delivery=DeliverySettings(
-                helo=config.hostname,
-                port=config.outbound.port,
-                source_address=config.outbound.source or None,
-                timeout=config.outbound.timeout,
-                tls=config.outbound.tls,
-            ),
-            retry_schedule=tuple(config.outbound.retry_schedule) or (60.0,),
-            concurrency=config.outbound.concurrency,
-            reporting_mta=config.hostname,
-        ),
+        worker_settings(config),
         ctx.deliver_local,
     )
     outbound.start()
@@ -257,7 +285,7 @@ async def start(config: Config) -> Running:
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     ctx.outbound_lifetime = config.outbound.lifetime
-    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound)
+    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer)
 
 
 async def stop(running: Running) -> None:
@@ -268,6 +296,7 @@ async def stop(running: Running) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(running.http_task, 10)
     await running.webhooks.stop()
+    await running.sent.stop()
     await running.outbound.stop()
     await running.committer.stop()
     await running.ctx.db.close()

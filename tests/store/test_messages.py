@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agentpost.inbound.receive import GroupCommitter
 from agentpost.model import new_id, utcnow
 from agentpost.store import events as event_store
 from agentpost.store import inboxes as inbox_store
 from agentpost.store import messages as message_store
 from agentpost.store import orgs
+from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import MessageFilter, NewMessage
 
 
@@ -102,7 +102,7 @@ async def test_group_committer_commits_concurrent_arrivals_and_answers_each_call
         nonlocal commits
         commits += 1
 
-    committer = GroupCommitter(db, 64, counted)
+    committer: GroupCommitter[Any, Any] = GroupCommitter(db, message_store.save_batch, 64, counted)
     committer.start()
     try:
         results = await asyncio.gather(*(committer.commit([_message(org, inbox, f"<g{n}@x>")]) for n in range(200)))

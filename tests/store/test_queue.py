@@ -5,10 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from agentpost.net.dns import FakeResolver
-from agentpost.notify.bus import EventBus
-from agentpost.outbound.deliver import DeliverySettings
-from agentpost.outbound.worker import OutboundWorker, WorkerSettings
+from agentpost.outbound.outcomes import backoff
 from agentpost.store import queue
 
 
@@ -28,14 +25,8 @@ async def test_a_claim_counts_the_attempt_and_leases_the_item_so_no_one_else_cla
     assert all(item.attempts == 1 for item in first)
 
 
-def test_the_first_retry_waits_the_first_step_of_the_schedule() -> None:
-    worker = OutboundWorker(
-        None,  # type: ignore[arg-type]
-        EventBus(),
-        FakeResolver(),
-        WorkerSettings(DeliverySettings(helo="h"), retry_schedule=(60.0, 300.0, 28800.0)),
-        None,
-    )
-    assert 54.0 <= worker.backoff(1) <= 66.0
-    assert 270.0 <= worker.backoff(2) <= 330.0
-    assert 25920.0 <= worker.backoff(9) <= 31680.0
+def test_retries_follow_the_schedule_with_jitter_and_repeat_its_last_step() -> None:
+    schedule = (60.0, 300.0, 28800.0)
+    assert 54.0 <= backoff(schedule, 1) <= 66.0
+    assert 270.0 <= backoff(schedule, 2) <= 330.0
+    assert 25920.0 <= backoff(schedule, 9) <= 31680.0

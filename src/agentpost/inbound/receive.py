@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -15,8 +14,8 @@ from agentpost.inbound.checks import Route
 from agentpost.model import Envelope, new_id
 from agentpost.proto import codes, mime, text
 from agentpost.proto.threads import thread_keys
-from agentpost.store import messages as message_store
 from agentpost.store.db import Database
+from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import NewAttachment, NewMessage, Saved
 
 log = logging.getLogger(__name__)
@@ -46,92 +45,6 @@ class Receipt:
     saved: list[tuple[str, Saved]]
 
 
-@dataclass(slots=True)
-class _Pending:
-    items: list[NewMessage]
-    future: asyncio.Future[list[Saved]]
-
-
-class GroupCommitter:
-    """Commits received messages in groups: one transaction (and one fsync) per group.
-
-    While one group is being written, new arrivals queue up and form the next group, so under
-    load the per-message cost of a durable commit shrinks; with one message at a time it is a
-    plain commit. Every caller's future resolves only after its group has committed.
-    """
-
-    def __init__(self, db: Database, max_batch: int, on_commit: Callable[[], None], linger: float = 0.0) -> None:
-        self.db = db
-        self.max_batch = max(1, max_batch)
-        self.on_commit = on_commit
-        self.linger = max(0.0, linger)
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-committer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(RuntimeError("shutting down"))
-
-    async def commit(self, items: list[NewMessage]) -> list[Saved]:
-        if self._task is None:
-            return await self.db.run_write(message_store.save_batch, items)
-        future: asyncio.Future[list[Saved]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(items, future))
-        return await future
-
-    async def _run(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            if self.linger and self._queue.qsize() < self.max_batch:
-                # Let the group fill a little: every commit has a fixed cost (statements, GIL
-                # hand-offs to the writer thread, fsync), so fewer, larger groups win under load.
-                await asyncio.sleep(self.linger)
-            size = len(group[0].items)
-            while size < self.max_batch and not self._queue.empty():
-                pending = self._queue.get_nowait()
-                group.append(pending)
-                size += len(pending.items)
-            await self._write(group)
-
-    async def _write(self, group: list[_Pending]) -> None:
-        try:
-            saved = await self.db.run_write(message_store.save_batch, [i for p in group for i in p.items])
-        except asyncio.CancelledError:
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError("shutting down"))
-            raise
-        except Exception:
-            if len(group) == 1:
-                log.exception("commit of a received message failed")
-                if not group[0].future.done():
-                    group[0].future.set_exception(RuntimeError("commit failed"))
-                return
-            # One bad message must not fail its neighbours: retry each on its own.
-            for p in group:
-                await self._write([p])
-            return
-        offset = 0
-        for p in group:
-            n = len(p.items)
-            if not p.future.done():
-                p.future.set_result(saved[offset : offset + n])
-            offset += n
-        self.on_commit()
-
-
 class Receiver:
     """inbound.receive: turns one accepted SMTP transaction into stored, threaded messages."""
 
@@ -140,7 +53,7 @@ class Receiver:
         db: Database,
         hostname: str,
         limits: mime.MimeLimits,
-        committer: GroupCommitter,
+        committer: GroupCommitter[NewMessage, Saved],
     ) -> None:
         self.db = db
         self.hostname = hostname

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,6 +16,10 @@ from agentpost.proto.threads import thread_keys
 from agentpost.store import queue
 from agentpost.store.db import Database
 from agentpost.store.messages import NewAttachment, NewMessage
+from agentpost.store.queue import SentMessage
+
+# Stores sent copies with their queue items, durably, returning each thread id (a group committer in serve).
+CommitSent = Callable[[list[SentMessage]], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +92,15 @@ async def submit(
     signer: DkimSigner | None,
     remote: list[str] | None = None,
     lifetime: timedelta = timedelta(days=5),
+    commit: CommitSent | None = None,
 ) -> Submitted:
     """Compose and sign off the event loop, then store the sent copy, its thread, its
     message.sent event and the queue items for ``remote`` recipients in one transaction.
     Raises ComposeError for invalid drafts."""
     composed, raw, item = await asyncio.to_thread(_build, submission, signer)
-    thread_id = await db.run_write(queue.save_sent, item, list(remote or []), composed.smtputf8, lifetime)
+    sent = SentMessage(item, list(remote or []), composed.smtputf8, lifetime)
+    if commit is not None:
+        (thread_id,) = await commit([sent])
+    else:
+        (thread_id,) = await db.run_write(queue.save_sent, [sent])
     return Submitted(composed.message_id, thread_id, raw, composed.envelope_rcpt, composed.smtputf8)

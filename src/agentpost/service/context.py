@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from cryptography.fernet import Fernet, InvalidToken
 
 from agentpost.notify.bus import EventBus
+from agentpost.outbound.submit import CommitSent
 from agentpost.store.db import Database
 
 
@@ -71,3 +72,5 @@ class Context:
     outbound_wake: Callable[[], None] = lambda: None
     # Seconds a message may stay deferred before it bounces (config outbound.lifetime).
     outbound_lifetime: float = 5 * 24 * 3600.0
+    # Group commit of sent copies (serve wires one); None commits each send on its own.
+    commit_sent: CommitSent | None = None

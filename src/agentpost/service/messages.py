@@ -119,6 +119,7 @@ async def _submit(
             signer,
             remote,
             timedelta(seconds=ctx.outbound_lifetime),
+            ctx.commit_sent,
         )
     except ComposeError as exc:
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None

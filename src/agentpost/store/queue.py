@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from agentpost.model import new_id, utcnow
 from agentpost.store import leases
 from agentpost.store import messages as message_store
 from agentpost.store.messages import NewMessage
-from agentpost.store.tables import delivery_attempts, outbound_queue
+from agentpost.store.tables import blobs, delivery_attempts, events, outbound_queue, suppressions
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class QueueItem:
     rcpt_to: list[str]
     smtputf8: bool
     attempts: int
-    delayed_notified: bool
+    delay_notices: int  # message.delayed events already sent for this item
     expires_at: datetime
     created_at: datetime
 
@@ -70,7 +70,7 @@ def rows_for(
             "attempts": 0,
             "next_attempt_at": now,
             "lease_until": None,
-            "delayed_notified": False,
+            "delay_notices": 0,
             "expires_at": now + lifetime,
             "last_error": None,
             "created_at": now,
@@ -86,32 +86,43 @@ def enqueue(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(outbound_queue.insert(), rows)
 
 
-def save_sent(conn: sa.Connection, item: NewMessage, remote: list[str], smtputf8: bool, lifetime: timedelta) -> str:
-    """The sent copy (message, thread, message.sent event) and its queue items, in the caller's
-    one transaction (writer thread). Returns the thread id."""
-    thread_id = message_store.save_batch(conn, [item])[0].thread_id
-    enqueue(
-        conn,
-        rows_for(
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """A sent copy to store, with the remote recipients to queue it for."""
+
+    message: NewMessage
+    remote: list[str]
+    smtputf8: bool
+    lifetime: timedelta
+
+
+def save_sent(conn: sa.Connection, batch: list[SentMessage]) -> list[str]:
+    """Sent copies (message, thread, message.sent event) and their queue items, in the caller's
+    one transaction (writer thread). Returns each message's thread id."""
+    saved = message_store.save_batch(conn, [s.message for s in batch])
+    rows: list[dict[str, Any]] = []
+    for sent, stored in zip(batch, saved, strict=True):
+        item = sent.message
+        rows += rows_for(
             organization_id=item.organization_id,
             inbox_id=item.inbox_id,
             message_pk=item.pk,
             message_id=item.message_id,
-            thread_id=thread_id,
+            thread_id=stored.thread_id,
             blob_id=item.raw_key,
             mail_from=item.mail_from,
-            rcpt_to=remote,
-            smtputf8=smtputf8,
-            lifetime=lifetime,
-        ),
-    )
-    return thread_id
+            rcpt_to=sent.remote,
+            smtputf8=sent.smtputf8,
+            lifetime=sent.lifetime,
+        )
+    enqueue(conn, rows)
+    return [stored.thread_id for stored in saved]
 
 
 def _item(r: Any, attempts: int) -> QueueItem:
     return QueueItem(
         r.id, r.organization_id, r.inbox_id, r.message_pk, r.message_id, r.thread_id, r.blob_id, r.mail_from,
-        r.rcpt_domain, list(r.rcpt_to), bool(r.smtputf8), attempts, bool(r.delayed_notified), r.expires_at,
+        r.rcpt_domain, list(r.rcpt_to), bool(r.smtputf8), attempts, int(r.delay_notices), r.expires_at,
         r.created_at,
     )  # fmt: skip
 
@@ -134,12 +145,69 @@ async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list
     return [_item(r, attempts=r.attempts + 1) for r in rows]
 
 
-async def record_attempts(conn: AsyncConnection, attempts: list[dict[str, Any]]) -> None:
-    if attempts:
-        now = utcnow()
-        await conn.execute(
-            delivery_attempts.insert(), [{"id": new_id("att_"), "created_at": now, **a} for a in attempts]
-        )
+@dataclass(slots=True)
+class Settlement:
+    """Everything one delivery outcome changes; several are written in one transaction (``settle``).
+
+    ``item_id`` names the queue row to update (None when the outcome arrived later, by mail):
+    ``status`` "delivered"/"bounced" retires it, "queued" keeps it for ``rcpt_to`` at ``next_attempt_at``.
+    """
+
+    item_id: str | None = None
+    status: str | None = None
+    rcpt_to: list[str] = field(default_factory=list)
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    delay_notices: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # delivery_attempts rows (without id)
+    events: list[tuple[str, str | None, str, dict[str, Any]]] = field(default_factory=list)  # org, inbox, type, payload
+    suppressions: list[tuple[str, str, str, str, str | None]] = field(
+        default_factory=list
+    )  # org, scope, address, reason, reply
+
+
+def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
+    """Write delivery outcomes in the caller's one transaction (writer thread)."""
+    now = utcnow()
+    attempt_rows = [{"id": new_id("att_"), "created_at": now, **a} for s in batch for a in s.attempts]
+    if attempt_rows:
+        conn.execute(delivery_attempts.insert(), attempt_rows)
+    event_rows = [
+        {
+            "event_id": new_id("evt_"),
+            "organization_id": org,
+            "inbox_id": inbox,
+            "event_type": kind,
+            "payload": payload,
+            "created_at": now,
+        }
+        for s in batch
+        for org, inbox, kind, payload in s.events
+    ]
+    if event_rows:
+        conn.execute(events.insert(), event_rows)
+    for s in batch:
+        for org, scope, address, reason, reply in s.suppressions:
+            key = {"organization_id": org, "scope": scope, "address": address.lower()}
+            conn.execute(suppressions.delete().where(*(getattr(suppressions.c, k) == v for k, v in key.items())))
+            conn.execute(suppressions.insert().values(**key, reason=reason, reply=reply, created_at=now))
+        if s.item_id is None:
+            continue
+        values: dict[str, Any] = {"lease_until": None, "last_error": s.last_error, "updated_at": now}
+        if s.status == "queued":
+            values |= {"rcpt_to": s.rcpt_to, "next_attempt_at": s.next_attempt_at, "delay_notices": s.delay_notices}
+        else:
+            values["status"] = s.status
+        conn.execute(outbound_queue.update().where(outbound_queue.c.id == s.item_id).values(**values))
+    return [None] * len(batch)
+
+
+async def raws(conn: AsyncConnection, blob_ids: list[str]) -> dict[str, bytes]:
+    """The raw messages of several queue items in one query."""
+    if not blob_ids:
+        return {}
+    rows = await conn.execute(sa.select(blobs.c.id, blobs.c.data).where(blobs.c.id.in_(set(blob_ids))))
+    return {r.id: bytes(r.data) for r in rows}
 
 
 async def retire(conn: AsyncConnection, item_id: str, status: str, last_error: str | None = None) -> None:
@@ -147,24 +215,6 @@ async def retire(conn: AsyncConnection, item_id: str, status: str, last_error: s
         outbound_queue.update()
         .where(outbound_queue.c.id == item_id)
         .values(status=status, lease_until=None, last_error=last_error, updated_at=utcnow())
-    )
-
-
-async def defer(
-    conn: AsyncConnection, item_id: str, rcpt_to: list[str], next_attempt_at: datetime, error: str, notified: bool
-) -> None:
-    """Keep the item for the recipients still pending, to be retried at ``next_attempt_at``."""
-    await conn.execute(
-        outbound_queue.update()
-        .where(outbound_queue.c.id == item_id)
-        .values(
-            rcpt_to=rcpt_to,
-            next_attempt_at=next_attempt_at,
-            lease_until=None,
-            last_error=error,
-            delayed_notified=notified,
-            updated_at=utcnow(),
-        )
     )
 
 
@@ -183,7 +233,20 @@ async def pending_count(conn: AsyncConnection) -> int:
 
 
 async def next_due(conn: AsyncConnection) -> datetime | None:
-    """When the earliest queued item is due (None when the queue is empty)."""
-    query = sa.select(sa.func.min(outbound_queue.c.next_attempt_at)).where(outbound_queue.c.status == "queued")
+    """When the earliest queued item is due (None when the queue is empty); a leased item is due
+    when its lease runs out, so items in flight do not make every poll look for work."""
+    due = sa.case(
+        (outbound_queue.c.lease_until > outbound_queue.c.next_attempt_at, outbound_queue.c.lease_until),
+        else_=outbound_queue.c.next_attempt_at,
+    )
+    query = sa.select(sa.func.min(due)).where(outbound_queue.c.status == "queued")
     value = (await conn.execute(query)).scalar_one_or_none()
     return value if isinstance(value, datetime) else None
+
+
+def save_returned(conn: sa.Connection, message: NewMessage, settlement: Settlement) -> message_store.Saved:
+    """A report that came back by mail (VERP): its copy in the sender's inbox and what it
+    settles (attempts, events, suppressions), in the caller's one transaction (writer thread)."""
+    (saved,) = message_store.save_batch(conn, [message])
+    settle(conn, [settlement])
+    return saved

@@ -284,7 +284,7 @@ outbound_queue = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", TS, nullable=False),
     sa.Column("lease_until", TS, nullable=True),
-    sa.Column("delayed_notified", sa.Boolean, nullable=False),
+    sa.Column("delay_notices", sa.Integer, nullable=False, server_default="0"),  # message.delayed events sent
     sa.Column("expires_at", TS, nullable=False),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("created_at", TS, nullable=False),
