@@ -8,10 +8,11 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from agentpost.mailauth.dkim import DkimSigner
 from agentpost.notify.bus import EventBus
 from agentpost.outbound.submit import CommitSent
 from agentpost.store.db import Database
@@ -56,6 +57,11 @@ class Sealer:
             return None
         return claims
 
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (VERP and unsubscribe tokens), derived from the secret key."""
+        # The NUL cannot occur in a download token's base64url body: the MAC inputs never collide.
+        return hmac.new(self._mac_key, b"derive\0" + purpose.encode(), hashlib.sha256).digest()
+
 
 @dataclass(slots=True)
 class Context:
@@ -74,3 +80,7 @@ class Context:
     outbound_lifetime: float = 5 * 24 * 3600.0
     # Group commit of sent copies (serve wires one); None commits each send on its own.
     commit_sent: CommitSent | None = None
+    # DKIM signers by (domain id, domain, key set): building one loads private keys (milliseconds).
+    signers: dict[tuple[str, str, tuple[tuple[str, str], ...]], DkimSigner] = field(default_factory=dict)
+    # List-Unsubscribe + one-click on API sends (config outbound.list_unsubscribe).
+    list_unsubscribe: bool = True

@@ -66,9 +66,19 @@ async def ensure_dkim_keys(ctx: Context, domain_id: str, domain: str) -> list[St
 async def signer(ctx: Context, domain_id: str, domain: str) -> dkim.DkimSigner:
     """A DKIM signer with every active key of the domain (RSA and Ed25519 signatures)."""
     keys = await ensure_dkim_keys(ctx, domain_id, domain)
-    return dkim.DkimSigner(
-        [dkim.DkimKey(k.selector, domain, k.algorithm, ctx.sealer.unseal(k.private_enc).encode()) for k in keys]
-    )
+    # Loading a private key (RSA validation) costs milliseconds: keep one signer per key set, so
+    # sends pay it once; a rotation changes the selectors and so the cache key.
+    cache_key = (domain_id, domain, tuple((k.selector, k.private_enc) for k in keys))
+    cached = ctx.signers.get(cache_key)
+    if cached is None:
+        cached = await asyncio.to_thread(
+            dkim.DkimSigner,
+            [dkim.DkimKey(k.selector, domain, k.algorithm, ctx.sealer.unseal(k.private_enc).encode()) for k in keys],
+        )
+        if len(ctx.signers) > 1000:
+            ctx.signers.clear()
+        ctx.signers[cache_key] = cached
+    return cached
 
 
 async def records(ctx: Context, domain_id: str, domain: str) -> list[schemas.VerificationRecord]:
