@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import trustme
+import uvloop
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from agentpost.net.smtpclient import SessionResult, SmtpReply, SmtpSession
 
@@ -388,6 +389,147 @@ async def test_implicit_tls(server_tls: ssl.SSLContext, client_tls: ssl.SSLConte
     assert server.handler.messages[0].content == RAW
 
 
+# -- AUTH (RFC 4954) for smarthosts ------------------------------------------------------------
+
+CREDENTIALS = ("agent", "right-password")
+
+
+@dataclass
+class Authenticator:
+    """aiosmtpd's authenticator hook: records every attempt, accepts only CREDENTIALS."""
+
+    attempts: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+    def __call__(self, server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, data: Any) -> Any:
+        assert isinstance(data, LoginPassword)
+        self.attempts.append((mechanism, data.login, data.password))
+        # handled=False: aiosmtpd sends the 235 or the 535 itself.
+        return AuthResult(success=(data.login.decode(), data.password.decode()) == CREDENTIALS, handled=False)
+
+
+async def starttls_auth_and_implicit_tls(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> tuple[SessionResult, Authenticator, SessionResult]:
+    authenticator = Authenticator()
+    with mx_server(tls_context=server_tls, authenticator=authenticator) as server:
+        smtp = SmtpSession(
+            MX_NAME,
+            MX_IP,
+            server.port,
+            helo="out.sender.test",
+            timeout=5.0,
+            tls_context=client_tls,
+            credentials=CREDENTIALS,
+        )
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+        assert server.handler.messages[0].tls and server.handler.messages[0].content == RAW
+    with mx_server(ssl_context=server_tls) as server:
+        smtp = SmtpSession(
+            MX_NAME, MX_IP, server.port, helo="out.sender.test", timeout=5.0, tls="implicit", tls_context=client_tls
+        )
+        implicit = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+    return result, authenticator, implicit
+
+
+async def test_auth_plain_after_starttls(server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
+    result, authenticator, _ = await starttls_auth_and_implicit_tls(server_tls, client_tls)
+    assert delivered(result, "rcpt@example.test"), result
+    assert result.tls_verified is True
+    assert authenticator.attempts == [("PLAIN", b"agent", b"right-password")]
+
+
+def test_starttls_auth_and_implicit_tls_under_uvloop(server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result, authenticator, implicit = runner.run(starttls_auth_and_implicit_tls(server_tls, client_tls))
+    assert delivered(result, "rcpt@example.test"), result
+    assert result.tls_version in ("TLSv1.2", "TLSv1.3") and result.tls_verified is True
+    assert authenticator.attempts == [("PLAIN", b"agent", b"right-password")]
+    assert delivered(implicit, "rcpt@example.test"), implicit
+    assert implicit.tls_version is not None and implicit.tls_verified is True
+
+
+async def test_auth_login_when_plain_is_not_offered(server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
+    authenticator = Authenticator()
+    with mx_server(tls_context=server_tls, authenticator=authenticator, auth_exclude_mechanism=["PLAIN"]) as server:
+        smtp = SmtpSession(
+            MX_NAME, MX_IP, server.port, helo="h.test", timeout=5.0, tls_context=client_tls, credentials=CREDENTIALS
+        )
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+    assert delivered(result, "rcpt@example.test"), result
+    assert authenticator.attempts == [("LOGIN", b"agent", b"right-password")]
+
+
+async def test_auth_refused_535_makes_the_session_unusable(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    authenticator = Authenticator()
+    with mx_server(tls_context=server_tls, authenticator=authenticator) as server:
+        smtp = SmtpSession(
+            MX_NAME,
+            MX_IP,
+            server.port,
+            helo="h.test",
+            timeout=5.0,
+            tls_context=client_tls,
+            credentials=("agent", "wrong"),
+        )
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        assert not smtp.connected
+        await smtp.close()
+    assert result.error == "AUTH failed: 535 5.7.8 Authentication credentials invalid"
+    assert result.recipients == [] and server.handler.messages == []
+    assert authenticator.attempts == [("PLAIN", b"agent", b"wrong")]
+
+
+async def test_auth_in_clear_only_when_tls_none_says_so() -> None:
+    authenticator = Authenticator()
+    with mx_server(authenticator=authenticator, auth_require_tls=False) as server:
+        smtp = SmtpSession(MX_NAME, MX_IP, server.port, helo="h.test", tls="none", credentials=CREDENTIALS)
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+        refused = SmtpSession(MX_NAME, MX_IP, server.port, helo="h.test", credentials=CREDENTIALS)
+        failed = await refused.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await refused.close()
+    assert delivered(result, "rcpt@example.test"), result
+    assert failed.error is not None and "not encrypted" in failed.error
+    assert authenticator.attempts == [("PLAIN", b"agent", b"right-password")]  # the tls="none" session only
+    assert len(server.handler.messages) == 1
+
+
+async def test_credentials_are_not_sent_after_a_failed_handshake_falls_back_to_clear() -> None:
+    broken = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    broken.set_ciphers("aNULL")
+    broken.maximum_version = ssl.TLSVersion.TLSv1_2
+    authenticator = Authenticator()
+    with mx_server(tls_context=broken, authenticator=authenticator, auth_require_tls=False) as server:
+        smtp = SmtpSession(MX_NAME, MX_IP, server.port, helo="h.test", timeout=5.0, credentials=CREDENTIALS)
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+    assert result.error is not None and "not encrypted" in result.error
+    assert result.tls_failure is not None and "clear" in result.tls_failure
+    assert authenticator.attempts == [] and server.handler.messages == []
+
+
+async def test_credentials_need_a_verified_certificate_in_opportunistic_mode(server_tls: ssl.SSLContext) -> None:
+    authenticator = Authenticator()
+    with mx_server(tls_context=server_tls, authenticator=authenticator) as server:
+        smtp = SmtpSession(MX_NAME, MX_IP, server.port, helo="h.test", timeout=5.0, credentials=CREDENTIALS)
+        result = await smtp.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await smtp.close()
+        # tls="require" without require_verified_cert accepts the certificate, credentials included.
+        required = SmtpSession(
+            MX_NAME, MX_IP, server.port, helo="h.test", timeout=5.0, tls="require", credentials=CREDENTIALS
+        )
+        accepted = await required.send("agent@sender.test", ["rcpt@example.test"], RAW)
+        await required.close()
+    assert result.error is not None and "did not verify" in result.error
+    assert delivered(accepted, "rcpt@example.test") and accepted.tls_verified is False
+    assert authenticator.attempts == [("PLAIN", b"agent", b"right-password")]  # the tls="require" session only
+
+
 # -- a real peer -----------------------------------------------------------------------------
 
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -426,3 +568,15 @@ async def test_delivery_to_postfix_smtp_sink(smtp_sink: int) -> None:
     assert [r.reply.code for r in first.recipients] == [250, 250]
     assert first.data_reply is not None and first.data_reply.code == 250
     assert delivered(second, "c@sink.test")
+    assert smtp.pipelining is False  # closed: nothing is known any more
+
+
+async def test_pipelined_delivery_to_postfix_smtp_sink(smtp_sink: int) -> None:
+    smtp = SmtpSession("sink.test", "127.0.0.7", smtp_sink, helo="out.sender.test", timeout=5.0, tls="none")
+    results = [await smtp.send("agent@sender.test", [f"{i}@sink.test", "x@sink.test"], RAW) for i in range(50)]
+    assert smtp.pipelining  # smtp-sink offers PIPELINING
+    await smtp.close()
+    for result in results:
+        assert result.error is None, result.error
+        assert [r.reply.code for r in result.recipients] == [250, 250]
+        assert result.data_reply is not None and result.data_reply.code == 250

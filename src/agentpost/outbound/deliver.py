@@ -124,7 +124,7 @@ async def deliver(
                     source_address=settings.source_address,
                     timeout=settings.timeout,
                     tls=relay.tls if relay is not None else settings.tls,
-                    **({"credentials": relay.credentials} if relay is not None else {}),  # TEMP until smtpclient
+                    credentials=relay.credentials if relay is not None else None,
                 )
 
             if pool is not None:
