@@ -39,6 +39,7 @@ check: venv
 bench: venv
 	bash scripts/install-test-deps.sh
 	$(BIN)/python bench/inbound/run.py
+	$(BIN)/python bench/outbound/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

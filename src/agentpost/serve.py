@@ -26,11 +26,13 @@ from agentpost.net.dns import DnspythonResolver
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.webhooks import WebhookWorker
+from agentpost.outbound.bounces import ReturnedMail
 from agentpost.outbound.deliver import DeliverySettings, Smarthost
 from agentpost.outbound.outcomes import Policy
 from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
 from agentpost.service.context import Context, Sealer
+from agentpost.service.unsubscribe import address_tokens
 from agentpost.smtpd.mx import MxHandler, MxServer
 from agentpost.store import messages as message_store
 from agentpost.store import queue as queue_store
@@ -79,6 +81,7 @@ def build_context(config: Config, db: Database, directory: Directory | None = No
         routing_changed=directory.forget if directory is not None else (lambda: None),
         hostname=config.hostname,
         public_url=config.public_url,
+        list_unsubscribe=config.outbound.list_unsubscribe,  # List-Unsubscribe (service/unsubscribe.py)
     )
 
 
@@ -123,7 +126,8 @@ async def start_mx(
         db, message_store.save_batch, config.database.commit_batch, on_commit, config.database.commit_linger, "receive"
     )
     committer.start()
-    receiver = Receiver(db, config.hostname, mime_limits(config), committer)
+    # Mail to VERP / unsubscribe addresses goes to outbound.bounces (bounces.py).
+    receiver = Receiver(db, config.hostname, mime_limits(config), committer, ReturnedMail(db, on_commit))
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
     handler = MxHandler(directory, receiver, limiter, config.mx.max_recipients)
     cert, key = ensure_tls(config)
@@ -197,7 +201,7 @@ async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
     """`agentpost mx-worker`: one more MX process; the parent `serve` runs everything else."""
     die_with_parent(parent_pid)
     db = Database(config.database_url)
-    directory = Directory(db)
+    directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     mx, committer, _ = await start_mx(config, db, directory, lambda: None)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,7 +242,7 @@ def worker_settings(config: Config) -> WorkerSettings:
 async def start(config: Config) -> Running:
     db = Database(config.database_url)
     await db.migrate()
-    directory = Directory(db)
+    directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     ctx = build_context(config, db, directory)
     sent_committer: GroupCommitter[SentMessage, str] = GroupCommitter(
         db, queue_store.save_sent, config.database.commit_batch, ctx.bus.published, 0.0, "sent"

@@ -109,7 +109,9 @@ def test_message_is_delivered_through_the_mx_byte_identical_and_logged(world: tu
         link = http.get(f"/v0/inboxes/{inbox}/messages/{sent['message_id']}/raw").json()["download_url"]
         raw = httpx.get(link).content
     arrived = [m for m in peer.messages if "ok@remote.test" in m[1]]
-    assert arrived and arrived[0][0] == inbox
+    # VERP: the envelope sender is bounces+TOKEN at the inbox's domain (RFC 5321 §4.5.3.1.1: <= 64 octets).
+    assert arrived and arrived[0][0].startswith("bounces+") and arrived[0][0].endswith("@out.example.test")
+    assert len(arrived[0][0].partition("@")[0]) <= 64
     assert arrived[0][2] == raw  # DKIM-signed bytes arrive exactly as stored
 
 

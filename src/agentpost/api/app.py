@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agentpost.api import domains, inboxes, keys, messages, threads, webhooks
+from agentpost.api import domains, inboxes, keys, messages, threads, unsubscribe, webhooks
 from agentpost.errors import AgentpostError, Invalid, RateLimited
 from agentpost.service.context import Context
 
@@ -29,7 +29,7 @@ def create_app(ctx: Context) -> FastAPI:
         description="Email inboxes for AI agents (AgentMail v0 compatible).",
     )
     app.state.ctx = ctx
-    for module in (inboxes, messages, threads, domains, webhooks, keys):
+    for module in (inboxes, messages, threads, domains, webhooks, keys, unsubscribe):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from agentpost.outbound.bounces import AddressTokens, Returned
 from agentpost.proto import codes
 from agentpost.proto.address import AddressError, parse_path
 from agentpost.proto.codes import Reply
@@ -20,6 +21,9 @@ class Route:
 
     inbox_id: str
     organization_id: str
+    # Set for an address outbound generated (VERP bounces+TOKEN, unsubscribe+TOKEN): the mail
+    # goes to outbound.bounces, not to an inbox; inbox_id is then the address itself.
+    returned: Returned | None = None
 
 
 class RateLimiter:
@@ -69,9 +73,10 @@ class Directory:
     CLI, another node) are seen within that time; a miss always asks the store.
     """
 
-    def __init__(self, db: Database, ttl: float = 5.0) -> None:
+    def __init__(self, db: Database, ttl: float = 5.0, tokens: AddressTokens | None = None) -> None:
         self.db = db
         self.ttl = ttl
+        self.tokens = tokens
         self._domains: tuple[float, dict[str, str]] = (0.0, {})
         self._routes: dict[str, tuple[float, Route | Reply]] = {}
 
@@ -120,6 +125,12 @@ class Directory:
         # Never relay: we are the final destination only for hosted domains.
         if address.domain not in domains and not await self._domain_on_miss(address.domain):
             return codes.R550_RELAY_DENIED
+        returned = self.tokens.read(address.local_part) if self.tokens is not None else None
+        if returned is not None:
+            # Our own VERP or unsubscribe address with a valid token; a forged one falls through
+            # to the inbox lookup and is refused as an unknown user (550 5.1.1).
+            organization_id = (await self.hosted_domains()).get(address.domain, "")
+            return Route(address.key, organization_id, returned)
         found = await self.inbox(address.key)
         if found is None:
             return codes.R550_NO_SUCH_USER

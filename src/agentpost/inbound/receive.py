@@ -12,6 +12,7 @@ from agentpost import model
 from agentpost.errors import Rejected
 from agentpost.inbound.checks import Route
 from agentpost.model import Envelope, new_id
+from agentpost.outbound.bounces import BOUNCE, ReturnedMail
 from agentpost.proto import codes, mime, text
 from agentpost.proto.threads import thread_keys
 from agentpost.store.db import Database
@@ -54,22 +55,45 @@ class Receiver:
         hostname: str,
         limits: mime.MimeLimits,
         committer: GroupCommitter[NewMessage, Saved],
+        returned: ReturnedMail | None = None,
     ) -> None:
         self.db = db
         self.hostname = hostname
         self.limits = limits
         self.committer = committer
+        # Mail to our VERP and unsubscribe addresses (routes with ``returned`` set).
+        self.returned = returned
 
     async def receive(self, envelope: Envelope, raw: bytes, routes: list[Route]) -> Receipt:
         """Parse, label and thread one message for each routed inbox; return after the commit."""
         if not routes:
             raise Rejected(codes.R554_NO_VALID_RECIPIENTS, "no routed recipients")
+        stored = [await self._returned(envelope, raw, r) for r in routes if r.returned is not None]
+        routes = [r for r in routes if r.returned is None]
+        returned = [s for s in stored if s is not None]
+        if not routes:
+            return Receipt("", returned)
         if len(raw) > OFFLOAD_PARSE_BYTES:
             items = await asyncio.to_thread(self.prepare, envelope, raw, routes)
         else:
             items = self.prepare(envelope, raw, routes)
         saved = await self.committer.commit(items)
-        return Receipt(items[0].message_id, [(r.inbox_id, s) for r, s in zip(routes, saved, strict=True)])
+        return Receipt(items[0].message_id, [(r.inbox_id, s) for r, s in zip(routes, saved, strict=True)] + returned)
+
+    async def _returned(self, envelope: Envelope, raw: bytes, route: Route) -> tuple[str, Saved] | None:
+        """Mail to a VERP address (a bounce, or an auto-reply to the envelope sender) or to an
+        unsubscribe address; never answered (no backscatter)."""
+        if route.returned is None or self.returned is None:
+            return None
+        if route.returned.kind != BOUNCE:
+            await self.returned.unsubscribe(route.returned.message_pk, envelope.mail_from, raw)
+            return None
+
+        def copy_for(inbox_id: str, organization_id: str) -> NewMessage:
+            return self.prepare(envelope, raw, [Route(inbox_id, organization_id)])[0]
+
+        saved = await self.returned.bounce(route.returned.message_pk, raw, copy_for)
+        return (route.inbox_id, saved) if saved is not None else None
 
     def prepare(self, envelope: Envelope, raw: bytes, routes: list[Route]) -> list[NewMessage]:
         parsed = mime.parse(raw, self.limits)

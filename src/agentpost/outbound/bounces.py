@@ -243,7 +243,7 @@ class ReturnedMail:
             log.info("unsubscribe mail about %s, which no longer exists: dropped", message_pk)
             return
         row, _ = found
-        parsed = await asyncio.to_thread(mime.parse, raw[:256 * 1024])
+        parsed = await asyncio.to_thread(mime.parse, raw[: 256 * 1024])
         leaving = unsubscribers(row, [mail_from, parsed.from_address])
         if not leaving:
             log.info("unsubscribe mail about %s from %s names no recipient: ignored", message_pk, mail_from[:320])

@@ -30,6 +30,9 @@ class Submission:
     domain: str  # sending domain: Message-ID right-hand side
     draft: Draft
     labels: list[str]
+    # The sent copy's id, when the caller needs it before composing (VERP and unsubscribe
+    # tokens name it); empty: a new one.
+    message_pk: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed,
     draft = submission.draft
     blob = new_id("blb_")
     item = NewMessage(
-        pk=new_id("msg_"),
+        pk=submission.message_pk or new_id("msg_"),
         inbox_id=submission.inbox_id,
         organization_id=submission.organization_id,
         message_id=composed.message_id,

@@ -11,6 +11,7 @@ from typing import Any
 
 from agentpost import schemas
 from agentpost.errors import Conflict, Invalid, NotFound
+from agentpost.model import new_id, utcnow
 from agentpost.outbound.submit import Submission, submit
 from agentpost.proto import mime
 from agentpost.proto.address import AddressError, domain_of, parse_address
@@ -19,7 +20,9 @@ from agentpost.service import domains as domain_service
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
 from agentpost.service.mail import clean_labels, owned_inbox
+from agentpost.service.unsubscribe import address_tokens, with_list_unsubscribe
 from agentpost.store import domains as domain_store
+from agentpost.store import events as event_store
 from agentpost.store import idempotency
 from agentpost.store import inboxes as inbox_store
 from agentpost.store import messages as message_store
@@ -105,17 +108,25 @@ async def _submit(
     local, remote = await _split_recipients(ctx, draft)
     async with ctx.db.read() as conn:
         blocked = await suppression_store.suppressed(conn, who.organization_id, inbox.id, local + remote)
-    if blocked:
-        # A suppressed address (hard bounce, complaint, unsubscribe) is never mailed again until
-        # it is reactivated: refuse the send rather than silently drop a recipient.
+    # A suppressed address (hard bounce, complaint, unsubscribe) is never mailed again until it
+    # is reactivated: it is dropped from the envelope (the headers still name it) and reported
+    # in a message.rejected event; a send with nobody left is refused.
+    local = [a for a in local if a.lower() not in blocked]
+    remote = [a for a in remote if a.lower() not in blocked]
+    if not local and not remote:
+        listed = ", ".join(sorted(blocked))
         raise Invalid(
-            f"suppressed recipients: {', '.join(sorted(blocked))}",
-            [{"path": "to", "message": f"suppressed: {', '.join(sorted(blocked))}"}],
+            f"every recipient is suppressed (reactivate with DELETE /v0/suppressions/{{address}}): {listed}",
+            [{"path": "to", "message": f"suppressed: {listed}"}],
         )
+    pk = new_id("msg_")
+    draft = with_list_unsubscribe(ctx, draft, pk, domain_row.domain, inbox.id, local + remote)
+    # VERP (a per-message envelope sender) matches a bounce that arrives later to this message.
+    mail_from = address_tokens(ctx.sealer).verp(pk, domain_row.domain) if remote else inbox.id
     try:
         submitted = await submit(
             ctx.db,
-            Submission(who.organization_id, inbox.id, inbox.id, domain_row.domain, draft, labels),
+            Submission(who.organization_id, inbox.id, mail_from, domain_row.domain, draft, labels, pk),
             signer,
             remote,
             timedelta(seconds=ctx.outbound_lifetime),
@@ -125,6 +136,8 @@ async def _submit(
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None
     if remote:
         ctx.outbound_wake()
+    if blocked:
+        await _rejected(ctx, who.organization_id, inbox.id, submitted.thread_id, submitted.message_id, blocked)
     if local and ctx.deliver_local is not None:
         # Hosted recipients get the signed message through the inbound pipeline, no network.
         await ctx.deliver_local(inbox.id, local, submitted.raw)
@@ -133,6 +146,25 @@ async def _submit(
         async with ctx.db.write() as conn:
             await idempotency.record(conn, who.organization_id, idempotency_key, request_hash, response.model_dump())
     return response
+
+
+async def _rejected(
+    ctx: Context, organization_id: str, inbox_id: str, thread_id: str, message_id: str, blocked: set[str]
+) -> None:
+    """message.rejected for the suppressed recipients dropped from a send."""
+    payload = {
+        "reject": {
+            "inbox_id": inbox_id,
+            "thread_id": thread_id,
+            "message_id": message_id,
+            "timestamp": utcnow().isoformat(),
+            "recipients": sorted(blocked),
+            "reason": "suppressed",
+        }
+    }
+    async with ctx.db.write() as conn:
+        await event_store.append(conn, organization_id, inbox_id, "message.rejected", payload)
+    ctx.bus.published()
 
 
 async def _split_recipients(ctx: Context, draft: Draft) -> tuple[list[str], list[str]]:

@@ -338,7 +338,9 @@ class MxHandler:
         except Exception:
             log.exception("receive failed for a message from %s", mail_envelope.client_ip)
             return _line(codes.R451_LOCAL_ERROR)
-        return f"250 2.0.0 OK: queued as {receipt.saved[0][1].pk}"
+        # Mail to an unsubscribe address is acted on, not stored: nothing to name.
+        queued = receipt.saved[0][1].pk if receipt.saved else "(processed)"
+        return f"250 2.0.0 OK: queued as {queued}"
 
     async def handle_exception(self, error: Exception) -> str:
         # The peer gets a generic temporary failure; the trace goes to the log only.
