@@ -13,7 +13,8 @@ from agentpost.service.context import Context
 from agentpost.service.mail import Listing
 
 
-def context(request: Request) -> Context:
+async def context(request: Request) -> Context:
+    # async: FastAPI runs a plain def dependency in a worker thread, one hop per request.
     ctx: Context = request.app.state.ctx
     return ctx
 

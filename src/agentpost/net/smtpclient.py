@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import re
 import socket
@@ -137,12 +138,20 @@ def _cert_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | Non
     return None
 
 
+@functools.cache
 def _unverified_context() -> ssl.SSLContext:
     # RFC 7435 opportunistic security: an encrypted but unauthenticated channel beats clear text.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+@functools.cache
+def _verified_context() -> ssl.SSLContext:
+    # Loading the system's CA store costs milliseconds; one context serves every session
+    # (an SSLContext is safe to share, and the MX name is passed per connection).
+    return ssl.create_default_context()
 
 
 def _verifies(context: ssl.SSLContext) -> bool:
@@ -399,7 +408,7 @@ class SmtpSession:
         if self.tls == "none":
             await self._open(tls=None)
             return
-        verified = self.tls_context or ssl.create_default_context()
+        verified = self.tls_context or _verified_context()
         try:
             await self._open(tls=verified)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from agentpost.errors import Forbidden, NotFound, Unauthorized
@@ -40,13 +41,31 @@ class Principal:
             raise Forbidden("this API key is scoped to one inbox")
 
 
+# A key's record is reused this long (seconds): every API request authenticates, and a read
+# per request showed up in the send path's profile. A key deleted here is forgotten at once
+# (keys.delete clears the cache); on another node sharing the database it stops working
+# within this time.
+PRINCIPAL_TTL = 5.0
+
+
 async def authenticate(ctx: Context, key: str | None) -> Principal:
     if not key:
         raise Unauthorized("missing API key", fix="Send Authorization: Bearer <api key>.")
-    async with ctx.db.read() as conn:
-        record = await orgs.find_key(conn, key.strip())
-    if record is None:
-        raise Unauthorized("invalid API key")
+    digest = orgs.hash_key(key.strip())
+    now = time.monotonic()
+    cached = ctx.principals.get(digest)
+    if cached is not None and now - cached[0] < PRINCIPAL_TTL:
+        record = cached[1]
+    else:
+        async with ctx.db.read() as conn:
+            found = await orgs.find_key_by_hash(conn, digest)
+        if found is None:
+            ctx.principals.pop(digest, None)
+            raise Unauthorized("invalid API key")  # unknown keys are never cached
+        record = found
+        if len(ctx.principals) > 10_000:
+            ctx.principals.clear()
+        ctx.principals[digest] = (now, record)
     if record.expires_at is not None and record.expires_at.replace(tzinfo=record.expires_at.tzinfo) < utcnow():
         raise Unauthorized("API key expired")
     return Principal(record.organization_id, record.api_key_id, record.inbox_id, record.permissions)

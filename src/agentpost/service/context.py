@@ -16,6 +16,7 @@ from agentpost.mailauth.dkim import DkimSigner
 from agentpost.notify.bus import EventBus
 from agentpost.outbound.submit import CommitSent
 from agentpost.store.db import Database
+from agentpost.store.orgs import KeyRecord
 
 
 class Sealer:
@@ -82,5 +83,7 @@ class Context:
     commit_sent: CommitSent | None = None
     # DKIM signers by (domain id, domain, key set): building one loads private keys (milliseconds).
     signers: dict[tuple[str, str, tuple[tuple[str, str], ...]], DkimSigner] = field(default_factory=dict)
+    # API key records by key hash, with when they were read (service/auth.py).
+    principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
     # List-Unsubscribe + one-click on API sends (config outbound.list_unsubscribe).
     list_unsubscribe: bool = True

@@ -63,9 +63,10 @@ async def ensure_dkim_keys(ctx: Context, domain_id: str, domain: str) -> list[St
         return await dkim_store.active(conn, domain_id)
 
 
-async def signer(ctx: Context, domain_id: str, domain: str) -> dkim.DkimSigner:
-    """A DKIM signer with every active key of the domain (RSA and Ed25519 signatures)."""
-    keys = await ensure_dkim_keys(ctx, domain_id, domain)
+async def signer(ctx: Context, domain_id: str, domain: str, active: list[StoredKey] | None = None) -> dkim.DkimSigner:
+    """A DKIM signer with every active key of the domain (RSA and Ed25519 signatures);
+    ``active`` when the caller has read them already."""
+    keys = active or await ensure_dkim_keys(ctx, domain_id, domain)
     # Loading a private key (RSA validation) costs milliseconds: keep one signer per key set, so
     # sends pay it once; a rotation changes the selectors and so the cache key.
     cache_key = (domain_id, domain, tuple((k.selector, k.private_enc) for k in keys))

@@ -129,3 +129,4 @@ async def delete(ctx: Context, who: Principal, inbox_id: str) -> None:
         await message_store.delete_inbox_mail(conn, row.id)
         await inbox_store.delete(conn, row.id)
     ctx.routing_changed()
+    ctx.principals.clear()  # keys scoped to the inbox go with it

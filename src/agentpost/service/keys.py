@@ -52,6 +52,7 @@ async def delete(ctx: Context, who: Principal, key_id: str) -> None:
     await get(ctx, who, key_id)
     async with ctx.db.write() as conn:
         await orgs.delete_key(conn, who.organization_id, key_id)
+    ctx.principals.clear()  # the deleted key stops working now, not when its cache entry ages out
 
 
 def me(who: Principal) -> schemas.Identity:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,17 +15,15 @@ from agentpost.errors import Conflict, Invalid, NotFound
 from agentpost.model import new_id, utcnow
 from agentpost.outbound.submit import Submission, submit
 from agentpost.proto import mime
-from agentpost.proto.address import AddressError, domain_of, parse_address
+from agentpost.proto.address import Address, AddressError, parse_address
 from agentpost.proto.compose import ComposeError, Draft, OutgoingAttachment
 from agentpost.service import domains as domain_service
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
 from agentpost.service.mail import clean_labels, owned_inbox
 from agentpost.service.unsubscribe import address_tokens, with_list_unsubscribe
-from agentpost.store import domains as domain_store
 from agentpost.store import events as event_store
-from agentpost.store import idempotency
-from agentpost.store import inboxes as inbox_store
+from agentpost.store import idempotency, sending
 from agentpost.store import messages as message_store
 from agentpost.store import queue as queue_store
 from agentpost.store import suppressions as suppression_store
@@ -83,12 +82,14 @@ async def _original(ctx: Context, inbox_id: str, message_id: str) -> Any:
 async def _submit(
     ctx: Context,
     who: Principal,
-    inbox: Any,
+    inbox_id: str,
     draft: Draft,
     labels: list[str],
     idempotency_key: str | None,
     request_hash: str,
 ) -> schemas.SendMessageResponse:
+    """The one path of every send-like call. ``draft.header_from`` is set here, from the inbox."""
+    who.check_inbox(inbox_id)
     if idempotency_key is not None:
         if not idempotency_key or len(idempotency_key) > 255:
             raise Invalid(
@@ -100,14 +101,25 @@ async def _submit(
             if found[0] != request_hash:
                 raise Conflict("Idempotency-Key was used with a different request")
             return schemas.SendMessageResponse(**found[1])
-    async with ctx.db.read() as conn:
-        domain_row = await domain_store.get_row(conn, who.organization_id, inbox.domain)
-    if domain_row is None:
+    recipients = _recipients(draft)
+    facts = await ctx.db.run_read(sending.facts, inbox_id, [address.key for _, address in recipients])
+    inbox = facts.inbox
+    if inbox is None or inbox.organization_id != who.organization_id:
+        raise NotFound("inbox not found")
+    if facts.domain is None:
         raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
-    signer = await domain_service.signer(ctx, domain_row.id, domain_row.domain)
-    local, remote = await _split_recipients(ctx, draft)
-    async with ctx.db.read() as conn:
-        blocked = await suppression_store.suppressed(conn, who.organization_id, inbox.id, local + remote)
+    domain = str(facts.domain.domain)
+    local: list[str] = []
+    remote: list[str] = []
+    for path, address in recipients:
+        if address.domain not in facts.receiving_domains:
+            remote.append(address.addr_spec)
+        elif address.key in facts.inboxes:
+            local.append(address.addr_spec)
+        else:
+            raise Invalid(f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}])
+    signer = await domain_service.signer(ctx, facts.domain.id, domain, facts.keys)
+    blocked = facts.suppressed
     # A suppressed address (hard bounce, complaint, unsubscribe) is never mailed again until it
     # is reactivated: it is dropped from the envelope (the headers still name it) and reported
     # in a message.rejected event; a send with nobody left is refused.
@@ -120,13 +132,14 @@ async def _submit(
             [{"path": "to", "message": f"suppressed: {listed}"}],
         )
     pk = new_id("msg_")
-    draft = with_list_unsubscribe(ctx, draft, pk, domain_row.domain, inbox.id, local + remote)
+    draft = replace(draft, header_from=_from(inbox))
+    draft = with_list_unsubscribe(ctx, draft, pk, domain, inbox.id, local + remote)
     # VERP (a per-message envelope sender) matches a bounce that arrives later to this message.
-    mail_from = address_tokens(ctx.sealer).verp(pk, domain_row.domain) if remote else inbox.id
+    mail_from = address_tokens(ctx.sealer).verp(pk, domain) if remote else inbox.id
     try:
         submitted = await submit(
             ctx.db,
-            Submission(who.organization_id, inbox.id, mail_from, domain_row.domain, draft, labels, pk),
+            Submission(who.organization_id, inbox.id, mail_from, domain, draft, labels, pk),
             signer,
             remote,
             timedelta(seconds=ctx.outbound_lifetime),
@@ -167,10 +180,9 @@ async def _rejected(
     ctx.bus.published()
 
 
-async def _split_recipients(ctx: Context, draft: Draft) -> tuple[list[str], list[str]]:
-    """(hosted recipients, remote recipients); an unknown inbox at a hosted domain is refused."""
-    local: list[str] = []
-    remote: list[str] = []
+def _recipients(draft: Draft) -> list[tuple[str, Address]]:
+    """Every envelope recipient once (To, Cc, Bcc), with the request path that named it."""
+    found: list[tuple[str, Address]] = []
     seen: set[str] = set()
     fields = [
         (f"{name}[{i}]", value)
@@ -182,21 +194,12 @@ async def _split_recipients(ctx: Context, draft: Draft) -> tuple[list[str], list
             address = parse_address(value)
         except AddressError as exc:
             raise Invalid(str(exc), [{"path": path, "message": str(exc)}]) from None
-        if address.key in seen:
-            continue
-        seen.add(address.key)
-        async with ctx.db.read() as conn:
-            hosted = await domain_store.receiving(conn, domain_of(address.addr_spec))
-            inbox = await inbox_store.get_row(conn, address.key) if hosted else None
-        if hosted is None:
-            remote.append(address.addr_spec)
-        elif inbox is None:
-            raise Invalid(f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}])
-        else:
-            local.append(address.addr_spec)
-    if not seen:
+        if address.key not in seen:
+            seen.add(address.key)
+            found.append((path, address))
+    if not found:
         raise Invalid("at least one recipient is required", [{"path": "to", "message": "required"}])
-    return local, remote
+    return found
 
 
 def _from(inbox: Any) -> str:
@@ -207,9 +210,8 @@ async def send(
     ctx: Context, who: Principal, inbox_id: str, req: schemas.SendMessage, idempotency_key: str | None
 ) -> schemas.SendMessageResponse:
     who.require("message_send")
-    inbox = await owned_inbox(ctx, who, inbox_id)
     draft = Draft(
-        header_from=_from(inbox),
+        header_from="",  # set from the inbox in _submit
         to=_addresses(req.to),
         cc=_addresses(req.cc),
         bcc=_addresses(req.bcc),
@@ -221,7 +223,7 @@ async def send(
         headers=dict(req.headers or {}),
     )
     labels = clean_labels(req.labels, "labels")
-    return await _submit(ctx, who, inbox, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req))
+    return await _submit(ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req))
 
 
 def _prefixed(prefix: str, subject: str | None) -> str:
@@ -272,7 +274,7 @@ async def reply(
     labels = clean_labels(req.labels, "labels")
     kind = "reply-all" if reply_all else "reply"
     return await _submit(
-        ctx, who, inbox, draft, labels, idempotency_key, _request_hash(kind, inbox_id, original.message_id, req)
+        ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash(kind, inbox_id, original.message_id, req)
     )
 
 
@@ -313,7 +315,7 @@ async def forward(
     )
     labels = clean_labels(req.labels, "labels")
     return await _submit(
-        ctx, who, inbox, draft, labels, idempotency_key, _request_hash("forward", inbox_id, original.message_id, req)
+        ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash("forward", inbox_id, original.message_id, req)
     )
 
 

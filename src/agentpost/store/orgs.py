@@ -94,7 +94,11 @@ async def create_key(
 
 
 async def find_key(conn: AsyncConnection, key: str) -> KeyRecord | None:
-    row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == hash_key(key)))).first()
+    return await find_key_by_hash(conn, hash_key(key))
+
+
+async def find_key_by_hash(conn: AsyncConnection, key_hash: str) -> KeyRecord | None:
+    row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
     if row is None:
         return None
     return KeyRecord(row.id, row.organization_id, row.inbox_id, row.permissions, row.expires_at)

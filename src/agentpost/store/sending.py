@@ -1,0 +1,66 @@
+"""Everything a send needs from the store, read in one transaction: inbox, domain, DKIM keys, recipients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentpost.store.dkim_keys import StoredKey
+from agentpost.store.tables import dkim_keys, domains, inboxes, suppressions
+
+
+@dataclass(frozen=True, slots=True)
+class SendingFacts:
+    inbox: Any | None  # the inbox row, None when it does not exist
+    domain: Any | None  # the inbox's domain row in the inbox's organisation
+    keys: list[StoredKey]  # the domain's active DKIM keys, RSA first
+    receiving_domains: set[str]  # recipient domains hosted here with inbound enabled
+    inboxes: set[str]  # recipient keys (lowercased addresses) that are inboxes here
+    suppressed: set[str]  # recipient keys suppressed for this inbox or its organisation
+
+
+def facts(conn: sa.Connection, inbox_id: str, recipient_keys: list[str]) -> SendingFacts:
+    """One read transaction (``Database.run_read``) for the whole send path: a send used to pay a
+    thread hop per statement, which cost more than the statements."""
+    inbox = conn.execute(sa.select(inboxes).where(inboxes.c.id == inbox_id.lower())).first()
+    if inbox is None:
+        return SendingFacts(None, None, [], set(), set(), set())
+    domain = conn.execute(
+        sa.select(domains).where(domains.c.organization_id == inbox.organization_id, domains.c.domain == inbox.domain)
+    ).first()
+    keys: list[StoredKey] = []
+    if domain is not None:
+        rows = conn.execute(
+            sa.select(dkim_keys)
+            .where(dkim_keys.c.domain_id == domain.id, dkim_keys.c.status == "active")
+            .order_by(dkim_keys.c.algorithm.desc(), dkim_keys.c.created_at)
+        ).all()
+        keys = [StoredKey(r.selector, r.algorithm, r.private_enc, r.public_txt) for r in rows]
+    names = sorted({key.rpartition("@")[2] for key in recipient_keys})
+    receiving: set[str] = set()
+    hosted: set[str] = set()
+    blocked: set[str] = set()
+    if names:
+        receiving = {
+            str(r[0])
+            for r in conn.execute(
+                sa.select(domains.c.domain).where(domains.c.domain.in_(names), domains.c.inbound_enabled.is_(True))
+            )
+        }
+    local = [key for key in recipient_keys if key.rpartition("@")[2] in receiving]
+    if local:
+        hosted = {str(r[0]) for r in conn.execute(sa.select(inboxes.c.id).where(inboxes.c.id.in_(local)))}
+    if recipient_keys:
+        blocked = {
+            str(r[0])
+            for r in conn.execute(
+                sa.select(suppressions.c.address).where(
+                    suppressions.c.organization_id == inbox.organization_id,
+                    suppressions.c.scope.in_(["", inbox.id]),
+                    suppressions.c.address.in_(recipient_keys),
+                )
+            )
+        }
+    return SendingFacts(inbox, domain, keys, receiving, hosted, blocked)
