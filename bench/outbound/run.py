@@ -585,7 +585,9 @@ def agentpost_round(args: argparse.Namespace, sink: Sink, dns_address: str | Non
                 stdin=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # let py-spy attach before the clock starts
-        cpu0 = sum(server.cpu_times()[:2])
+        # Every process of the server: serve and its worker processes on the same ports.
+        tree = [server, *server.children(recursive=True)]
+        cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree)
         target = sink.expect(args.messages)
         gen = subprocess.Popen(
             [sys.executable, __file__, "--load-generator"],
@@ -614,7 +616,7 @@ def agentpost_round(args: argparse.Namespace, sink: Sink, dns_address: str | Non
             return dead or time.monotonic() - max(sink.last_change, sends_done) > args.stall
 
         done_at = sink.wait(t0 + args.timeout, abort=stalled)
-        cpu = sum(server.cpu_times()[:2]) - cpu0
+        cpu = sum(sum(p.cpu_times()[:2]) for p in tree) - cpu0
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             try:

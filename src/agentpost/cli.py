@@ -150,14 +150,17 @@ def serve() -> None:
 
 
 @app.command("mx-worker", hidden=True)
-def mx_worker(parent_pid: int = typer.Option(0, help="pid of the serve process")) -> None:
-    """An extra MX process (started by `serve`; not for direct use)."""
+def mx_worker(
+    parent_pid: int = typer.Option(0, help="pid of the serve process"),
+    ready_fd: int = typer.Option(-1, help="pipe to write one byte to once listening"),
+) -> None:
+    """An extra process on the MX and HTTP ports (started by `serve`; not for direct use)."""
     from agentpost.serve import run_mx_worker
 
     config = _config()
     logsetup.setup(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        run_loop(run_mx_worker(config, parent_pid or None))
+        run_loop(run_mx_worker(config, parent_pid or None, ready_fd if ready_fd >= 0 else None))
 
 
 @key_app.command("create")

@@ -7,7 +7,9 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,7 +75,30 @@ def ensure_tls(config: Config) -> tuple[Path, Path]:
     return cert, key
 
 
+class KeyEpoch:
+    """A file every process on this host watches: replaced whenever an API key stops being valid,
+    so cached key records are dropped in every process at once (service/auth.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def current(self) -> tuple[int, int]:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0)
+        # A new inode per change: timestamps can be too coarse to tell two changes apart.
+        return (info.st_ino, info.st_mtime_ns)
+
+    def changed(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.write_text(str(time.time_ns()))
+        os.replace(tmp, self.path)
+
+
 def build_context(config: Config, db: Database, directory: Directory | None = None) -> Context:
+    epoch = KeyEpoch(config.data_path / "auth.epoch")
     return Context(
         db=db,
         sealer=Sealer(config.secret_key),
@@ -82,6 +107,8 @@ def build_context(config: Config, db: Database, directory: Directory | None = No
         hostname=config.hostname,
         public_url=config.public_url,
         list_unsubscribe=config.outbound.list_unsubscribe,  # List-Unsubscribe (service/unsubscribe.py)
+        auth_epoch=epoch.current,
+        auth_changed=epoch.changed,
     )
 
 
@@ -104,15 +131,18 @@ class Running:
     http: _Uvicorn
     http_task: asyncio.Task[None]
     committer: GroupCommitter[NewMessage, Saved]
-    webhooks: WebhookWorker
+    webhooks: WebhookWorker | None  # the parent process only
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
     sent: GroupCommitter[SentMessage, str]
 
 
 def mx_processes(config: Config) -> int:
+    """Processes serving the MX and HTTP ports together (SO_REUSEPORT), each with its own
+    event loop: Python runs one core per process."""
     _, port = split_hostport(config.mx.listen, 25)
-    if port == 0:
+    _, http_port = split_hostport(config.http.listen, 8080)
+    if port == 0 or http_port == 0:
         return 1  # an ephemeral port cannot be shared
     wanted = config.mx.processes or min(os.cpu_count() or 1, 4)
     return max(1, wanted)
@@ -164,10 +194,38 @@ def local_delivery(
     return deliver
 
 
-def spawn_mx_workers(count: int) -> list[subprocess.Popen[bytes]]:
-    """Extra MX processes on the same address (they read the same config and environment)."""
-    command = [sys.executable, "-m", "agentpost", "mx-worker", "--parent-pid", str(os.getpid())]
-    return [subprocess.Popen(command, stdin=subprocess.DEVNULL) for _ in range(count)]
+def spawn_mx_workers(count: int, timeout: float = 60.0) -> list[subprocess.Popen[bytes]]:
+    """Extra processes on the same ports (they read the same config and environment), started
+    before the parent listens and waited for: clients that connect at once (and keep their
+    connections) are then spread over every process, not only the first one listening."""
+    workers: list[subprocess.Popen[bytes]] = []
+    ready: list[int] = []
+    for _ in range(count):
+        read_end, write_end = os.pipe()
+        command = [
+            sys.executable, "-m", "agentpost", "mx-worker",
+            "--parent-pid", str(os.getpid()), "--ready-fd", str(write_end),
+        ]  # fmt: skip
+        workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=(write_end,)))
+        os.close(write_end)
+        ready.append(read_end)
+    deadline = time.monotonic() + timeout
+    for proc, read_end in zip(workers, ready, strict=True):
+        try:
+            readable, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            # A byte: listening. EOF: the child died first (its own log says why).
+            if not readable or not os.read(read_end, 1):
+                log.warning("worker process %d did not start; serving without it", proc.pid)
+        finally:
+            os.close(read_end)
+    return workers
+
+
+def signal_ready(ready_fd: int | None) -> None:
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
 
 
 def stop_mx_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
@@ -197,12 +255,12 @@ def die_with_parent(parent_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
-    """`agentpost mx-worker`: one more MX process; the parent `serve` runs everything else."""
+async def run_mx_worker(config: Config, parent_pid: int | None = None, ready_fd: int | None = None) -> None:
+    """`agentpost mx-worker`: one more process on the MX and HTTP ports, with its own outbound
+    worker; the parent `serve` also runs migrations and the webhook worker."""
     die_with_parent(parent_pid)
-    db = Database(config.database_url)
-    directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
-    mx, committer, _ = await start_mx(config, db, directory, lambda: None)
+    running = await start(config, child=True)
+    signal_ready(ready_fd)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -210,9 +268,25 @@ async def run_mx_worker(config: Config, parent_pid: int | None = None) -> None:
     try:
         await stopping.wait()
     finally:
-        await mx.stop()
-        await committer.stop()
-        await db.close()
+        await stop(running)
+
+
+def shared_socket(listen: str, default_port: int) -> socket.socket:
+    """A listening socket that other processes may bind too (SO_REUSEPORT: the kernel spreads
+    new connections over them)."""
+    host, port = split_hostport(listen, default_port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def worker_settings(config: Config) -> WorkerSettings:
@@ -239,9 +313,15 @@ def worker_settings(config: Config) -> WorkerSettings:
     )
 
 
-async def start(config: Config) -> Running:
+async def start(config: Config, *, child: bool = False) -> Running:
+    """Everything `serve` runs; a ``child`` (an extra process on the same ports) skips
+    migrations, spawns nothing and leaves webhooks to the parent."""
     db = Database(config.database_url)
-    await db.migrate()
+    processes = mx_processes(config)
+    workers: list[subprocess.Popen[bytes]] = []
+    if not child:
+        await db.migrate()
+        workers = await asyncio.get_running_loop().run_in_executor(None, spawn_mx_workers, processes - 1)
     directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     ctx = build_context(config, db, directory)
     sent_committer: GroupCommitter[SentMessage, str] = GroupCommitter(
@@ -249,16 +329,24 @@ async def start(config: Config) -> Running:
     )
     sent_committer.start()
     ctx.commit_sent = sent_committer.commit
+    ctx.outbound_lifetime = config.outbound.lifetime
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
-    workers = spawn_mx_workers(mx_processes(config) - 1)
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(
         uvicorn.Config(
-            create_app(ctx), host=http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"
+            create_app(ctx),
+            host=http_host,
+            port=http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # No X-Forwarded-* rewriting: agentpost does not assume a proxy in front of it.
+            proxy_headers=False,
         )
     )
-    http_task = asyncio.create_task(http.serve(), name="http")
+    sockets = [shared_socket(config.http.listen, 8080)] if processes > 1 else None
+    http_task = asyncio.create_task(http.serve(sockets=sockets), name="http")
     while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.02)
     if http_task.done():
@@ -268,8 +356,10 @@ async def start(config: Config) -> Running:
         await sent_committer.stop()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
-    worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
-    worker.start()
+    worker = None
+    if not child:
+        worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
+        worker.start()
     outbound = OutboundWorker(
         db,
         ctx.bus,
@@ -280,15 +370,15 @@ async def start(config: Config) -> Running:
     outbound.start()
     ctx.outbound_wake = outbound.wake
     log.info(
-        "agentpost serving: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
+        "agentpost %s: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
+        "worker process serving" if child else "serving",
         config.http.listen,
         mx.host,
         mx.port,
-        len(workers) + 1,
+        processes,
         "sqlite" if db.is_sqlite else "postgresql",
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
-    ctx.outbound_lifetime = config.outbound.lifetime
     return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer)
 
 
@@ -299,7 +389,8 @@ async def stop(running: Running) -> None:
     running.http.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(running.http_task, 10)
-    await running.webhooks.stop()
+    if running.webhooks is not None:
+        await running.webhooks.stop()
     await running.sent.stop()
     await running.outbound.stop()
     await running.committer.stop()

@@ -33,7 +33,7 @@ def _burst(server: AgentpostServer, inbox: str, worker: int, acked: list[str], s
 
 
 def _workers_of(parent_pid: int) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", f"mx-worker --parent-pid {parent_pid}$"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-f", f"mx-worker --parent-pid {parent_pid}( |$)"], capture_output=True, text=True)
     return found.stdout.split()
 
 

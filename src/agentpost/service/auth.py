@@ -42,8 +42,8 @@ class Principal:
 
 
 # A key's record is reused this long (seconds): every API request authenticates, and a read
-# per request showed up in the send path's profile. A key deleted here is forgotten at once
-# (keys.delete clears the cache); on another node sharing the database it stops working
+# per request showed up in the send path's profile. A deleted key is forgotten at once by every
+# process on this host (forget_keys); on another host sharing the database it stops working
 # within this time.
 PRINCIPAL_TTL = 5.0
 
@@ -53,6 +53,10 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
         raise Unauthorized("missing API key", fix="Send Authorization: Bearer <api key>.")
     digest = orgs.hash_key(key.strip())
     now = time.monotonic()
+    epoch = ctx.auth_epoch()
+    if epoch != ctx.principals_epoch:  # a key was deleted, maybe by another process
+        ctx.principals.clear()
+        ctx.principals_epoch = epoch
     cached = ctx.principals.get(digest)
     if cached is not None and now - cached[0] < PRINCIPAL_TTL:
         record = cached[1]
@@ -69,3 +73,9 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
     if record.expires_at is not None and record.expires_at.replace(tzinfo=record.expires_at.tzinfo) < utcnow():
         raise Unauthorized("API key expired")
     return Principal(record.organization_id, record.api_key_id, record.inbox_id, record.permissions)
+
+
+def forget_keys(ctx: Context) -> None:
+    """API keys changed (deleted, or their inbox deleted): drop cached key records everywhere."""
+    ctx.principals.clear()
+    ctx.auth_changed()

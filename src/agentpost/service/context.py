@@ -85,5 +85,9 @@ class Context:
     signers: dict[tuple[str, str, tuple[tuple[str, str], ...]], DkimSigner] = field(default_factory=dict)
     # API key records by key hash, with when they were read (service/auth.py).
     principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
+    # Cross-process invalidation of ``principals`` (serve wires a file every process watches).
+    auth_epoch: Callable[[], object] = lambda: 0
+    auth_changed: Callable[[], None] = lambda: None
+    principals_epoch: object = 0
     # List-Unsubscribe + one-click on API sends (config outbound.list_unsubscribe).
     list_unsubscribe: bool = True

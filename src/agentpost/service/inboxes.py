@@ -8,7 +8,7 @@ import secrets
 from agentpost import schemas
 from agentpost.errors import Conflict, Invalid, NotFound
 from agentpost.proto.address import AddressError, parse_address
-from agentpost.service.auth import Principal
+from agentpost.service.auth import Principal, forget_keys
 from agentpost.service.context import Context
 from agentpost.store import domains as domain_store
 from agentpost.store import inboxes as inbox_store
@@ -129,4 +129,4 @@ async def delete(ctx: Context, who: Principal, inbox_id: str) -> None:
         await message_store.delete_inbox_mail(conn, row.id)
         await inbox_store.delete(conn, row.id)
     ctx.routing_changed()
-    ctx.principals.clear()  # keys scoped to the inbox go with it
+    forget_keys(ctx)  # keys scoped to the inbox go with it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentpost import schemas
 from agentpost.errors import Forbidden, Invalid, NotFound
-from agentpost.service.auth import Principal
+from agentpost.service.auth import Principal, forget_keys
 from agentpost.service.context import Context
 from agentpost.store import inboxes as inbox_store
 from agentpost.store import orgs
@@ -52,7 +52,7 @@ async def delete(ctx: Context, who: Principal, key_id: str) -> None:
     await get(ctx, who, key_id)
     async with ctx.db.write() as conn:
         await orgs.delete_key(conn, who.organization_id, key_id)
-    ctx.principals.clear()  # the deleted key stops working now, not when its cache entry ages out
+    forget_keys(ctx)  # the deleted key stops working now, not when its cache entry ages out
 
 
 def me(who: Principal) -> schemas.Identity:

@@ -107,10 +107,20 @@ class Database:
         """A read-write transaction, committed on normal exit."""
         if self._write_lock is not None:
             async with self._write_lock:
-                async with self.engine.connect() as conn:
-                    conn = await conn.execution_options(writer=True)
-                    async with conn.begin():
-                        yield conn
+                # Take the cross-process lock too: without it a writer in another process finds
+                # the database busy and SQLite's busy handler sleeps in steps of up to 100 ms.
+                if self._lock_fd is not None:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._writer, fcntl.flock, self._lock_fd, fcntl.LOCK_EX
+                    )
+                try:
+                    async with self.engine.connect() as conn:
+                        conn = await conn.execution_options(writer=True)
+                        async with conn.begin():
+                            yield conn
+                finally:
+                    if self._lock_fd is not None:
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         else:
             async with self.engine.begin() as conn:
                 yield conn
