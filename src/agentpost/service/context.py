@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -83,6 +84,7 @@ class Context:
     commit_sent: CommitSent | None = None
     # DKIM signers by (domain id, domain, key set): building one loads private keys (milliseconds).
     signers: dict[tuple[str, str, tuple[tuple[str, str], ...]], DkimSigner] = field(default_factory=dict)
+    signer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # API key records by key hash, with when they were read (service/auth.py).
     principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
     # Cross-process invalidation of ``principals`` (serve wires a file every process watches).

@@ -72,14 +72,21 @@ async def signer(ctx: Context, domain_id: str, domain: str, active: list[StoredK
     cache_key = (domain_id, domain, tuple((k.selector, k.private_enc) for k in keys))
     cached = ctx.signers.get(cache_key)
     if cached is None:
-        cached = await asyncio.to_thread(
-            dkim.DkimSigner,
-            [dkim.DkimKey(k.selector, domain, k.algorithm, ctx.sealer.unseal(k.private_enc).encode()) for k in keys],
-        )
-        if len(ctx.signers) > 1000:
-            ctx.signers.clear()
-        ctx.signers[cache_key] = cached
+        async with ctx.signer_lock:  # a burst of first sends loads the keys once, not once per request
+            cached = ctx.signers.get(cache_key)
+            if cached is None:
+                cached = await _load_signer(ctx, domain, keys)
+                if len(ctx.signers) > 1000:
+                    ctx.signers.clear()
+                ctx.signers[cache_key] = cached
     return cached
+
+
+async def _load_signer(ctx: Context, domain: str, keys: list[StoredKey]) -> dkim.DkimSigner:
+    return await asyncio.to_thread(
+        dkim.DkimSigner,
+        [dkim.DkimKey(k.selector, domain, k.algorithm, ctx.sealer.unseal(k.private_enc).encode()) for k in keys],
+    )
 
 
 async def records(ctx: Context, domain_id: str, domain: str) -> list[schemas.VerificationRecord]:

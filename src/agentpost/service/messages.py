@@ -66,7 +66,11 @@ def _attachments(items: list[schemas.SendAttachment] | None) -> list[OutgoingAtt
     return out
 
 
-def _request_hash(kind: str, inbox_id: str, target: str | None, req: schemas.SendMessage) -> str:
+def _request_hash(kind: str, inbox_id: str, target: str | None, req: schemas.SendMessage, key: str | None) -> str:
+    """What an Idempotency-Key is bound to; only computed when a key is given (it serialises the
+    whole request, attachments included)."""
+    if key is None:
+        return ""
     body = json.dumps([kind, inbox_id.lower(), target, req.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -223,7 +227,9 @@ async def send(
         headers=dict(req.headers or {}),
     )
     labels = clean_labels(req.labels, "labels")
-    return await _submit(ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req))
+    return await _submit(
+        ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash("send", inbox_id, None, req, idempotency_key)
+    )
 
 
 def _prefixed(prefix: str, subject: str | None) -> str:
@@ -274,7 +280,13 @@ async def reply(
     labels = clean_labels(req.labels, "labels")
     kind = "reply-all" if reply_all else "reply"
     return await _submit(
-        ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash(kind, inbox_id, original.message_id, req)
+        ctx,
+        who,
+        inbox_id,
+        draft,
+        labels,
+        idempotency_key,
+        _request_hash(kind, inbox_id, original.message_id, req, idempotency_key),
     )
 
 
@@ -315,7 +327,13 @@ async def forward(
     )
     labels = clean_labels(req.labels, "labels")
     return await _submit(
-        ctx, who, inbox_id, draft, labels, idempotency_key, _request_hash("forward", inbox_id, original.message_id, req)
+        ctx,
+        who,
+        inbox_id,
+        draft,
+        labels,
+        idempotency_key,
+        _request_hash("forward", inbox_id, original.message_id, req, idempotency_key),
     )
 
 
