@@ -24,6 +24,21 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"agentpost storage backend: {BACKEND}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql: needs the PostgreSQL backend; deselected (not skipped) on SQLite")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``postgresql`` (several processes on one database) only exist in the PostgreSQL
+    run: on SQLite they are deselected, so no run reports them as skipped."""
+    if BACKEND == "postgresql":
+        return
+    deselected = [item for item in items if item.get_closest_marker("postgresql") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("postgresql") is None]
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     if BACKEND != "postgresql":

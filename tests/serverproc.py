@@ -40,10 +40,12 @@ class AgentpostServer:
         database_url: str = "",
         mx_host: str = "127.0.0.1",
         extra_env: dict[str, str] | None = None,
+        mx_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.mx_host = mx_host
-        self.mx_port = free_port(mx_host)
+        # A fixed port lets a peer be reached as an MX (outbound.port applies to every MX host).
+        self.mx_port = mx_port or free_port(mx_host)
         self.http_port = free_port()
         self.env = {
             **os.environ,

@@ -24,8 +24,9 @@ class HttpConfig(Section):
 
 class MxConfig(Section):
     listen: str = "127.0.0.1:2525"
-    # Processes accepting SMTP on the listen address (SO_REUSEPORT); 0 = one per CPU, at most 4.
-    # SMTP sessions and parsing are CPU-bound Python: a second core roughly doubles intake.
+    # Processes serving SMTP here and HTTP on [http] listen (SO_REUSEPORT); 0 = one per CPU, at
+    # most 4. Each also delivers what is sent through it ([outbound] limits apply per process).
+    # SMTP sessions, parsing and the API are CPU-bound Python: a second core roughly doubles them.
     processes: int = 0
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -30,3 +31,18 @@ def test_retries_follow_the_schedule_with_jitter_and_repeat_its_last_step() -> N
     assert 54.0 <= backoff(schedule, 1) <= 66.0
     assert 270.0 <= backoff(schedule, 2) <= 330.0
     assert 25920.0 <= backoff(schedule, 9) <= 31680.0
+
+
+async def test_a_renewed_lease_keeps_an_item_in_flight_from_being_claimed_again(db: Any) -> None:
+    rows = queue.rows_for(
+        organization_id="org", inbox_id="a@x.test", message_pk="m2", message_id="<m2@x.test>", thread_id="t2",
+        blob_id="b2", mail_from="a@x.test", rcpt_to=["p@one.test"], smtputf8=False, lifetime=timedelta(days=5),
+    )  # fmt: skip
+    await db.run_write(queue.enqueue, rows)
+    async with db.write() as conn:
+        (item,) = await queue.claim_due(conn, 10, timedelta(seconds=0.5))
+    async with db.write() as conn:
+        await queue.renew_leases(conn, [item.id], timedelta(seconds=30))
+    await asyncio.sleep(0.7)  # the first lease has run out; the renewed one has not
+    async with db.write() as conn:
+        assert await queue.claim_due(conn, 10, timedelta(seconds=30)) == []

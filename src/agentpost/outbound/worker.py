@@ -64,7 +64,9 @@ class OutboundWorker:
             db, queue.settle, 512, bus.published, name="outbound-results"
         )
         self._task: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._held: set[str] = set()  # queue item ids claimed and not yet settled
         # Woken by submissions and finished deliveries, not by every committed event: received
         # mail must not make the worker contend for the write lock.
         self._wake = asyncio.Event()
@@ -75,11 +77,13 @@ class OutboundWorker:
     def start(self) -> None:
         self.results.start()
         self._task = asyncio.create_task(self._run(), name="outbound-worker")
+        self._renewer = asyncio.create_task(self._renew(), name="outbound-lease-renewal")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for background in (self._task, self._renewer):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -118,9 +122,27 @@ class OutboundWorker:
         async with self.db.read() as conn:
             raws = await queue.raws(conn, [item.blob_id for item in items])
         for item in items:
+            self._held.add(item.id)
             task = asyncio.create_task(self._process(item, raws.get(item.blob_id)))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
+
+    async def _renew(self) -> None:
+        """Keep the leases of items still in flight (waiting for a session to a busy host, or a
+        slow transaction): another node must take an item only when this process is gone."""
+        lease = timedelta(seconds=self.settings.lease)
+        while True:
+            await asyncio.sleep(self.settings.lease / 3)
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                async with self.db.write() as conn:
+                    await queue.renew_leases(conn, held, lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not renew the leases of %d queue items", len(held))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -134,6 +156,8 @@ class OutboundWorker:
         except Exception:
             # The lease expires and the item is tried again; nothing is lost.
             log.exception("delivery of queue item %s failed", item.id)
+        finally:
+            self._held.discard(item.id)
 
     async def _attempt(self, item: QueueItem, raw: bytes | None) -> None:
         if raw is None:

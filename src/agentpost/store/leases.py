@@ -44,3 +44,13 @@ async def claim(
             table.update().where(table.c.id.in_([r.id for r in rows])).values(lease_until=now + lease, **on_claim)
         )
     return rows
+
+
+async def renew(conn: AsyncConnection, table: sa.Table, ids: list[str], lease: timedelta) -> None:
+    """Extend the leases of rows this worker still holds (work in flight outlives one lease)."""
+    if ids:
+        await conn.execute(
+            table.update()
+            .where(table.c.id.in_(ids), table.c.lease_until.is_not(None))
+            .values(lease_until=utcnow() + lease)
+        )

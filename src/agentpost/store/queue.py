@@ -210,6 +210,10 @@ async def raws(conn: AsyncConnection, blob_ids: list[str]) -> dict[str, bytes]:
     return {r.id: bytes(r.data) for r in rows}
 
 
+async def renew_leases(conn: AsyncConnection, item_ids: list[str], lease: timedelta) -> None:
+    await leases.renew(conn, outbound_queue, item_ids, lease)
+
+
 async def retire(conn: AsyncConnection, item_id: str, status: str, last_error: str | None = None) -> None:
     await conn.execute(
         outbound_queue.update()
