@@ -570,6 +570,7 @@ def agentpost_round(args: argparse.Namespace, sink: Sink, dns_address: str | Non
                     str(PY_SPY),
                     "record",
                     "--nonblocking",  # sample without pausing the server
+                    "--subprocesses",  # the worker processes on the same ports too
                     *(["--gil"] if args.py_spy_gil else []),
                     "--format",
                     "raw",
