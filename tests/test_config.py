@@ -62,3 +62,11 @@ def test_broken_toml_is_a_clear_error(tmp_path: Path) -> None:
 )
 def test_split_hostport(value: str, expected: tuple[str, int]) -> None:
     assert config.split_hostport(value, 25) == expected
+
+
+def test_a_table_setting_comes_from_a_json_object_in_the_environment(tmp_path: Path) -> None:
+    env = {
+        "AGENTPOST_DATA_DIR": str(tmp_path),
+        "AGENTPOST_OUTBOUND_SOURCE_BY_DOMAIN": '{"agents.example.test": "192.0.2.11"}',
+    }
+    assert config.load(env).outbound.source_by_domain == {"agents.example.test": "192.0.2.11"}

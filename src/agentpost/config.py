@@ -55,6 +55,9 @@ class DnsConfig(Section):
 class OutboundConfig(Section):
     # Source address of outbound connections (bind before connect).
     source: str = ""
+    # Per sending domain (the inbox's domain), a source address of its own: its IP's
+    # reputation and PTR then belong to that domain alone. Domains not listed use `source`.
+    source_by_domain: dict[str, str] = Field(default_factory=dict)
     # Port of remote MX hosts: 25 on the Internet; tests and smarthost-less labs may differ.
     port: int = 25
     # Seconds between attempts of a deferred message (the last value repeats), with jitter.
@@ -184,9 +187,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         key = name[len(ENV_PREFIX) :].lower()
         section, _, rest = key.partition("_")
         parsed: Any = value
-        if value.startswith("[") and value.endswith("]"):
+        if (value.startswith("[") and value.endswith("]")) or (value.startswith("{") and value.endswith("}")):
             try:
-                parsed = json.loads(value)  # lists such as AGENTPOST_WEBHOOKS_RETRY_SCHEDULE=[1,2,4]
+                # lists such as AGENTPOST_WEBHOOKS_RETRY_SCHEDULE=[1,2,4], tables as JSON objects
+                parsed = json.loads(value)
             except ValueError:
                 parsed = value
         if section in SECTIONS and rest:
@@ -274,6 +278,7 @@ timeout = 5.0
 
 [outbound]
 # source = "192.0.2.10"   # source address for outbound connections
+# source_by_domain = {{ "agents.example.com" = "192.0.2.11" }}   # per sending domain
 port = 25
 retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400, 28800]
 lifetime = 432000.0

@@ -310,6 +310,7 @@ def worker_settings(config: Config) -> WorkerSettings:
         per_host=max(1, out.per_host),
         lease=out.lease,
         reporting_mta=config.hostname,
+        sources={domain.lower(): ip for domain, ip in out.source_by_domain.items()},
     )
 
 

@@ -104,3 +104,16 @@ async def test_an_idle_connection_the_server_closed_is_replaced_without_a_failur
     assert result.replies["p@y.test"].code == 250
     assert [s.error for s in result.sessions] == [None]
     assert len(handler.peers) == 2
+
+
+async def test_a_sending_domain_with_its_own_source_address_connects_from_it(peer: tuple[Counting, int]) -> None:
+    handler, port = peer
+    resolver, settings = _setup(port)
+    pool = ConnectionPool()
+    try:
+        await deliver(resolver, settings, "y.test", "a@x.test", ["p@y.test"], RAW, False, pool, None, "127.0.0.13")
+        await deliver(resolver, settings, "y.test", "a@x.test", ["p@y.test"], RAW, False, pool, None, "127.0.0.14")
+    finally:
+        await pool.close()
+    # Two sources, two sessions: a pooled session is never reused for another source address.
+    assert [ip for ip, _ in handler.peers] == ["127.0.0.13", "127.0.0.14"]

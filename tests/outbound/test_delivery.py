@@ -142,7 +142,11 @@ def test_550_5_1_1_bounces_suppresses_and_puts_a_dsn_in_the_senders_inbox(world:
             dsn = listed
             time.sleep(0.1)
         assert dsn, "no DSN in the sender's inbox"
+        entry = http.get("/v0/suppressions/Unknown@remote.test").json()
+        assert entry["address"] == "unknown@remote.test" and entry["suppressions"][0]["reason"] == "bounced"
+        assert "550 5.1.1" in entry["suppressions"][0]["reply"]
         assert http.delete("/v0/suppressions/unknown@remote.test").status_code == 204
+        assert http.get("/v0/suppressions/unknown@remote.test").status_code == 404
 
 
 def test_a_451_is_retried_and_then_delivered(world: tuple[AgentpostServer, Peer]) -> None:

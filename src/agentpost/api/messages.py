@@ -96,6 +96,11 @@ async def add_suppression(ctx: Ctx, who: Who, body: AddSuppression) -> dict[str,
     return await messages.add_suppression(ctx, who, body.address, body.inbox_id)
 
 
+@router.get("/v0/suppressions/{address}", tags=["suppressions"])
+async def get_suppression(ctx: Ctx, who: Who, address: str) -> dict[str, Any]:
+    return await messages.get_suppression(ctx, who, address)
+
+
 @router.delete("/v0/suppressions/{address}", status_code=204, tags=["suppressions"])
 async def remove_suppression(ctx: Ctx, who: Who, address: str) -> Response:
     await messages.remove_suppression(ctx, who, address)

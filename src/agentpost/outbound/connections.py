@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from agentpost.net.smtpclient import SmtpSession
 
-Key = tuple[str, str, int]  # (MX host name, IP, port)
+Key = tuple[str, str, int, str | None]  # (MX host name, IP, port, our source address)
 
 
 class ConnectionPool:

@@ -92,9 +92,12 @@ async def deliver(
     smtputf8: bool,
     pool: ConnectionPool | None = None,
     mx_cache: MxCache | None = None,
+    source_address: str | None = None,
 ) -> Delivery:
+    """``source_address`` overrides the settings' one (a sending domain with an address of its own)."""
     result = Delivery()
     relay = settings.smarthost
+    source = source_address or settings.source_address
     try:
         if relay is not None:
             targets = await _smarthost_targets(resolver, relay)
@@ -121,20 +124,20 @@ async def deliver(
                     ip,
                     port,
                     helo=settings.helo,
-                    source_address=settings.source_address,
+                    source_address=source,
                     timeout=settings.timeout,
                     tls=relay.tls if relay is not None else settings.tls,
                     credentials=relay.credentials if relay is not None else None,
                 )
 
             if pool is not None:
-                async with pool.session((target.host, ip, port), factory) as session:
+                async with pool.session((target.host, ip, port, source), factory) as session:
                     reused = session.connected
                     outcome = await session.send(mail_from, rcpts, raw, smtputf8=smtputf8)
                 if reused and outcome.error is not None and not outcome.recipients:
                     # The server closed the idle session meanwhile: that says nothing about this
                     # message, so try once more on a new connection before counting a failure.
-                    async with pool.session((target.host, ip, port), factory, fresh=True) as session:
+                    async with pool.session((target.host, ip, port, source), factory, fresh=True) as session:
                         outcome = await session.send(mail_from, rcpts, raw, smtputf8=smtputf8)
             else:
                 session = factory()

@@ -42,6 +42,8 @@ class WorkerSettings:
     # After a wake-up, wait this long so submissions arriving together are claimed together.
     claim_linger: float = 0.005
     reporting_mta: str = "localhost"
+    # Source address per sending domain (the inbox's domain); others use delivery.source_address.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 class OutboundWorker:
@@ -174,6 +176,7 @@ class OutboundWorker:
             item.smtputf8,
             self.pool,
             self.mx_cache,
+            self.settings.sources.get(item.inbox_id.rpartition("@")[2].lower()),
         )
         settlement, refusals = settle_delivery(item, result, self.settings.policy, utcnow())
         await self.results.commit([settlement])

@@ -370,16 +370,36 @@ async def deliveries(ctx: Context, who: Principal, inbox_id: str, message_id: st
     return {"message_id": original.message_id, "count": len(items), "deliveries": items}
 
 
+def _suppression(r: Any) -> dict[str, Any]:
+    return {
+        "address": r.address,
+        "inbox_id": r.scope or None,
+        "reason": r.reason,
+        "reply": r.reply,
+        "created_at": r.created_at.isoformat(),
+    }
+
+
 async def list_suppressions(ctx: Context, who: Principal) -> dict[str, Any]:
     who.require("list_entry_read")
     async with ctx.db.read() as conn:
         rows = await suppression_store.list_rows(conn, who.organization_id, who.inbox_id)
-    items = [
-        {"address": r.address, "inbox_id": r.scope or None, "reason": r.reason, "reply": r.reply,
-         "created_at": r.created_at.isoformat()}
-        for r in rows
-    ]  # fmt: skip
+    items = [_suppression(r) for r in rows]
     return {"count": len(items), "suppressions": items}
+
+
+async def get_suppression(ctx: Context, who: Principal, address: str) -> dict[str, Any]:
+    """Why an address is suppressed (each scope it is suppressed in, with the reply that caused it)."""
+    who.require("list_entry_read")
+    try:
+        key = parse_address(address).key
+    except AddressError as exc:
+        raise Invalid(str(exc), [{"path": "address", "message": str(exc)}]) from None
+    async with ctx.db.read() as conn:
+        rows = await suppression_store.entries(conn, who.organization_id, key, who.inbox_id)
+    if not rows:
+        raise NotFound("address is not suppressed")
+    return {"address": key, "count": len(rows), "suppressions": [_suppression(r) for r in rows]}
 
 
 async def add_suppression(ctx: Context, who: Principal, address: str, inbox_id: str | None) -> dict[str, Any]:

@@ -38,6 +38,16 @@ async def list_rows(conn: AsyncConnection, organization_id: str, scope: str | No
     return list((await conn.execute(query.order_by(suppressions.c.created_at.desc()))).all())
 
 
+async def entries(conn: AsyncConnection, organization_id: str, address: str, scope: str | None) -> list[Any]:
+    """The suppressions of one address: every scope, or only ``scope`` and organisation-wide ones."""
+    query = sa.select(suppressions).where(
+        suppressions.c.organization_id == organization_id, suppressions.c.address == address.lower()
+    )
+    if scope is not None:
+        query = query.where(suppressions.c.scope.in_(["", scope]))
+    return list((await conn.execute(query.order_by(suppressions.c.created_at.desc()))).all())
+
+
 async def remove(conn: AsyncConnection, organization_id: str, address: str, scope: str | None) -> int:
     query = suppressions.delete().where(
         suppressions.c.organization_id == organization_id, suppressions.c.address == address.lower()
