@@ -7,7 +7,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import dns.asyncresolver
 import dns.exception
@@ -42,6 +42,19 @@ class Resolver(Protocol):
     async def txt(self, name: str) -> list[str]: ...
 
     async def ptr(self, ip: str) -> list[str]: ...
+
+
+@runtime_checkable
+class FamilyResolver(Resolver, Protocol):
+    """A Resolver that also looks up one address family at a time.
+
+    SPF (RFC 7208 §5) fetches only A records for an IPv4 client and only AAAA records for an IPv6
+    one: a failure or an empty answer of the other family must not change the verdict.
+    """
+
+    async def ipv4(self, host: str) -> list[str]: ...
+
+    async def ipv6(self, host: str) -> list[str]: ...
 
 
 def to_ascii(name: str) -> str:
@@ -116,6 +129,12 @@ class DnspythonResolver:
         v4, v6 = await asyncio.gather(self._query(name, dns.rdatatype.A), self._query(name, dns.rdatatype.AAAA))
         return [str(r.address) for r in v4] + [str(r.address) for r in v6]
 
+    async def ipv4(self, host: str) -> list[str]:
+        return [str(r.address) for r in await self._query(to_ascii(host), dns.rdatatype.A)]
+
+    async def ipv6(self, host: str) -> list[str]:
+        return [str(r.address) for r in await self._query(to_ascii(host), dns.rdatatype.AAAA)]
+
     async def txt(self, name: str) -> list[str]:
         records = await self._query(to_ascii(name), dns.rdatatype.TXT)
         return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
@@ -135,20 +154,28 @@ class FakeResolver:
     """Resolver on a zone held in a dict, for tests.
 
     ``{"example.test": {"MX": [(10, "mx.example.test")]}, "mx.example.test": {"A": ["127.0.0.5"]}}``;
-    PTR records are keyed by the IP address itself. Names in ``servfail`` raise a temporary DnsError.
+    PTR records are keyed by the IP address itself. Names in ``servfail`` raise a temporary DnsError
+    for every record type; ``(name, type)`` pairs in ``servfail_types`` only for that type.
     """
 
-    def __init__(self, zone: ZoneData | None = None, servfail: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        zone: ZoneData | None = None,
+        servfail: Iterable[str] = (),
+        *,
+        servfail_types: Iterable[tuple[str, str]] = (),
+    ) -> None:
         self.zone: dict[str, dict[str, list[Any]]] = {}
         for name, records in (zone or {}).items():
             self.zone[to_ascii(name)] = {rtype.upper(): list(values) for rtype, values in records.items()}
         self.servfail = {to_ascii(name) for name in servfail}
+        self.servfail_types = {(to_ascii(name), rtype.upper()) for name, rtype in servfail_types}
         self.queries: list[tuple[str, str]] = []
 
     def _records(self, name: str, rtype: str) -> list[Any]:
         key = to_ascii(name)
         self.queries.append((key, rtype))
-        if key in self.servfail:
+        if key in self.servfail or (key, rtype) in self.servfail_types:
             raise DnsError(f"{key} {rtype}: SERVFAIL")
         return list(self.zone.get(key, {}).get(rtype, []))
 
@@ -157,6 +184,12 @@ class FakeResolver:
 
     async def a(self, host: str) -> list[str]:
         return [str(ip) for ip in self._records(host, "A")] + [str(ip) for ip in self._records(host, "AAAA")]
+
+    async def ipv4(self, host: str) -> list[str]:
+        return [str(ip) for ip in self._records(host, "A")]
+
+    async def ipv6(self, host: str) -> list[str]:
+        return [str(ip) for ip in self._records(host, "AAAA")]
 
     async def txt(self, name: str) -> list[str]:
         return [

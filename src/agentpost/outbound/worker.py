@@ -110,22 +110,16 @@ class OutboundWorker:
         """Claim what is due, up to the free delivery slots, and start delivering it."""
         if self.settings.concurrency - len(self._inflight) <= 0:
             return
-        async with self.db.read() as conn:
-            due = await queue.next_due(conn)
+        due = await self.db.run_read(queue.next_due_sync)
         if due is None or due > utcnow():
             return  # nothing due: no write transaction at all
         if self.settings.claim_linger:
             await asyncio.sleep(self.settings.claim_linger)
         free = self.settings.concurrency - len(self._inflight)
-        async with self.db.write() as conn:
-            items = await queue.claim_due(conn, free, timedelta(seconds=self.settings.lease))
-        if not items:
-            return
-        async with self.db.read() as conn:
-            raws = await queue.raws(conn, [item.blob_id for item in items])
-        for item in items:
+        claimed = await self.db.run_write(queue.claim_with_raws, free, timedelta(seconds=self.settings.lease))
+        for item, raw in claimed:
             self._held.add(item.id)
-            task = asyncio.create_task(self._process(item, raws.get(item.blob_id)))
+            task = asyncio.create_task(self._process(item, raw))
             self._inflight.add(task)
             task.add_done_callback(self._finished)
 

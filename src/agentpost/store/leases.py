@@ -8,13 +8,27 @@ claimed again once the lease runs out. On PostgreSQL the selected rows are locke
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost.model import utcnow
+
+
+def _due(table: sa.Table, pending: sa.ColumnElement[bool], limit: int, now: datetime) -> sa.Select[Any]:
+    return (
+        sa.select(table)
+        .where(
+            pending,
+            table.c.next_attempt_at <= now,
+            sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+        )
+        .order_by(table.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
 
 
 async def claim(
@@ -27,20 +41,27 @@ async def claim(
 ) -> list[Any]:
     """Due rows matching ``pending``, oldest due first, now leased; ``on_claim`` sets more columns."""
     now = utcnow()
-    query = (
-        sa.select(table)
-        .where(
-            pending,
-            table.c.next_attempt_at <= now,
-            sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
-        )
-        .order_by(table.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = list((await conn.execute(query)).all())
+    rows = list((await conn.execute(_due(table, pending, limit, now))).all())
     if rows:
         await conn.execute(
+            table.update().where(table.c.id.in_([r.id for r in rows])).values(lease_until=now + lease, **on_claim)
+        )
+    return rows
+
+
+def claim_sync(
+    conn: sa.Connection,
+    table: sa.Table,
+    pending: sa.ColumnElement[bool],
+    limit: int,
+    lease: timedelta,
+    **on_claim: Any,
+) -> list[Any]:
+    """``claim`` in the caller's synchronous transaction (the writer thread)."""
+    now = utcnow()
+    rows = list(conn.execute(_due(table, pending, limit, now)).all())
+    if rows:
+        conn.execute(
             table.update().where(table.c.id.in_([r.id for r in rows])).values(lease_until=now + lease, **on_claim)
         )
     return rows
