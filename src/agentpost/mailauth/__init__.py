@@ -1,1 +1,1 @@
-"""Sender authentication: DKIM signing, SPF checks, and (later) DKIM, DMARC and ARC verification."""
+"""Sender authentication: DKIM signing and verification, SPF, DMARC (and later ARC)."""
