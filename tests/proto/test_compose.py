@@ -575,9 +575,9 @@ def test_compose_text_and_html_is_fast() -> None:
     assert 4500 < len(text) + len(html) < 5500
     best = float("inf")
     for _ in range(5):
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: a busy machine's other processes don't count
         for _ in range(300):
             compose(draft, domain=DOMAIN, now=NOW)
-        best = min(best, (time.perf_counter() - started) / 300)
+        best = min(best, (time.process_time() - started) / 300)
     print(f"\ncompose text+html ({len(text) + len(html)} chars): {best * 1e6:.1f} µs per message")
     assert best < 150e-6

@@ -270,9 +270,9 @@ def test_parse_bounce_of_a_typical_dsn_takes_under_1_ms() -> None:
     assert 4_000 <= len(raw) <= 7_000
     parse_bounce(raw)
     runs = 200
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a busy machine's other processes don't count
     for _ in range(runs):
         parse_bounce(raw)
-    per_call = (time.perf_counter() - start) / runs
+    per_call = (time.process_time() - start) / runs
     print(f"\nparse_bounce: {per_call * 1e6:.0f} us for a {len(raw)} byte DSN")
     assert per_call < 0.001
