@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentpost.model import new_id, utcnow
 from agentpost.store import leases
 from agentpost.store import messages as message_store
+from agentpost.store.bulk import BulkInsert
 from agentpost.store.messages import NewMessage
 from agentpost.store.tables import blobs, delivery_attempts, events, outbound_queue, suppressions
 
@@ -80,10 +81,27 @@ def rows_for(
     ]
 
 
+_QUEUE_ROWS = BulkInsert(
+    outbound_queue,
+    [
+        "id", "organization_id", "inbox_id", "message_pk", "message_id", "thread_id", "blob_id", "mail_from",
+        "rcpt_domain", "rcpt_to", "smtputf8", "status", "attempts", "next_attempt_at", "lease_until",
+        "delay_notices", "expires_at", "last_error", "created_at", "updated_at",
+    ],
+)  # fmt: skip
+_ATTEMPT_ROWS = BulkInsert(
+    delivery_attempts,
+    [
+        "id", "queue_id", "message_pk", "rcpt", "outcome", "remote_host", "remote_ip", "code", "enhanced", "reply",
+        "tls_version", "tls_verified", "duration_ms", "created_at",
+    ],
+)  # fmt: skip
+_EVENT_ROWS = BulkInsert(events, ["event_id", "organization_id", "inbox_id", "event_type", "payload", "created_at"])
+
+
 def enqueue(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     """Insert queue rows in the caller's (synchronous, writer-thread) transaction."""
-    if rows:
-        conn.execute(outbound_queue.insert(), rows)
+    _QUEUE_ROWS.execute(conn, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +212,7 @@ class Settlement:
 def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
     """Write delivery outcomes in the caller's one transaction (writer thread)."""
     now = utcnow()
-    attempt_rows = [{"id": new_id("att_"), "created_at": now, **a} for s in batch for a in s.attempts]
-    if attempt_rows:
-        conn.execute(delivery_attempts.insert(), attempt_rows)
+    _ATTEMPT_ROWS.execute(conn, [{"id": new_id("att_"), "created_at": now, **a} for s in batch for a in s.attempts])
     event_rows = [
         {
             "event_id": new_id("evt_"),
@@ -209,8 +225,7 @@ def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
         for s in batch
         for org, inbox, kind, payload in s.events
     ]
-    if event_rows:
-        conn.execute(events.insert(), event_rows)
+    _EVENT_ROWS.execute(conn, event_rows)
     for s in batch:
         for org, scope, address, reason, reply in s.suppressions:
             key = {"organization_id": org, "scope": scope, "address": address.lower()}
