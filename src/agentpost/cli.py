@@ -198,6 +198,54 @@ def _print_records(domain: schemas.Domain) -> None:
     out.print(table)
 
 
+def _domain_key(name: str) -> str:
+    # A domain id (dom_...) or a name, normalised like `domain add` does (case, IDN, final dot).
+    return domain_service.normalise_domain(name) if "." in name else name
+
+
+@domain_app.command("records")
+def domain_records(
+    name: str,
+    zone_file: bool = typer.Option(False, "--zone-file", help="Print the records in BIND zone file format."),
+) -> None:
+    """The DNS records NAME should publish, with the status of the last check."""
+
+    async def action(ctx: Context) -> schemas.Domain:
+        who = await key_service.operator(ctx)
+        return await domain_service.get(ctx, who, _domain_key(name))
+
+    domain = _with_context(_config(), action)
+    if zone_file:
+        sys.stdout.write(domain_service.zone_file(domain))
+        return
+    out.print(f"domain [bold]{domain.domain}[/bold] ({domain.domain_id}): {domain.status}")
+    _print_records(domain)
+    out.print("BIND format: `agentpost domain records --zone-file NAME`; check: `agentpost domain verify NAME`.")
+
+
+@domain_app.command("verify")
+def domain_verify(name: str) -> None:
+    """Look NAME's records up through the [dns] resolver and print each one's status and why.
+
+    Exits 0 when the domain is VERIFIED (MX, SPF, DKIM and DMARC right), 1 otherwise.
+    """
+
+    async def action(ctx: Context) -> schemas.Domain:
+        who = await key_service.operator(ctx)
+        return await domain_service.verify(ctx, who, _domain_key(name))
+
+    domain = _with_context(_config(), action)
+    out.print(f"domain {domain.domain}: {domain.status}", markup=False, highlight=False, soft_wrap=True)
+    width = max(len(r.name) for r in domain.records)
+    for r in domain.records:
+        line = f"  {r.status:<8} {r.type:<5} {r.name:<{width}}  {r.reason or ''}"
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if domain.status != "VERIFIED":
+        if domain.reason:
+            out.print(f"not verified: {domain.reason}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @inbox_app.command("create")
 def inbox_create(address: str, display_name: str = typer.Option("", help="Display name.")) -> None:
     """Create an inbox at ADDRESS (its domain is added if it is not hosted yet)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -37,6 +38,27 @@ class MxConfig(Section):
     command_timeout: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""
+    # Sender authentication before the 250 (SPF, DKIM, DMARC; docs/configuration.md#mx).
+    authenticate: bool = True
+    # Clients whose mail is not checked (local processes, by default); "" or [] = none.
+    trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {network!r}") from exc
+        return value
 
 
 class DnsConfig(Section):
@@ -103,6 +125,31 @@ class OutboundConfig(Section):
         return value
 
 
+class DomainsConfig(Section):
+    # How the generated SPF record ends: "-all" (fail what is not listed) or "~all" (softfail).
+    spf_all: str = "-all"
+    # MTA-STS policy mode served at https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461).
+    mta_sts_mode: str = "testing"
+    # HTTPS URL of an SVG Tiny PS logo: when set, every domain gets a BIMI record for it.
+    bimi_logo: str = ""
+    # Seconds between DNS re-checks of each domain's records (0: never).
+    recheck_interval: float = 6 * 3600.0
+
+    @field_validator("spf_all")
+    @classmethod
+    def _spf_all(cls, value: str) -> str:
+        if value not in ("-all", "~all"):
+            raise ValueError("must be -all or ~all")
+        return value
+
+    @field_validator("mta_sts_mode")
+    @classmethod
+    def _mta_sts_mode(cls, value: str) -> str:
+        if value not in ("testing", "enforce", "none"):
+            raise ValueError("must be testing, enforce or none")
+        return value
+
+
 class DatabaseConfig(Section):
     # Empty: embedded SQLite at <data_dir>/agentpost.db.
     url: str = ""
@@ -141,6 +188,7 @@ class Config(Section):
     mx: MxConfig = Field(default_factory=MxConfig)
     dns: DnsConfig = Field(default_factory=DnsConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    domains: DomainsConfig = Field(default_factory=DomainsConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     parse: ParseConfig = Field(default_factory=ParseConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
@@ -271,6 +319,10 @@ processes = 0
 # STARTTLS certificate; empty = the self-signed one generated in the data dir.
 tls_cert = ""
 tls_key = ""
+# SPF, DKIM and DMARC on every message before the 250 (p=reject failures get 550 5.7.1).
+authenticate = true
+# Clients whose mail is not checked: local processes.
+trusted_networks = ["127.0.0.0/8", "::1/128"]
 
 [dns]
 # servers = ["127.0.0.1:53"]   # when set, nothing else is asked
@@ -293,6 +345,13 @@ smarthost_tls = "require"
 # smarthost_username = ""
 # smarthost_password = ""                # or AGENTPOST_OUTBOUND_SMARTHOST_PASSWORD
 list_unsubscribe = true                  # List-Unsubscribe + one-click on sent mail
+
+[domains]
+# DNS records recommended for each hosted domain (`agentpost domain records NAME`, docs/dns.md).
+spf_all = "-all"            # or "~all"
+mta_sts_mode = "testing"    # testing | enforce | none, once TLS-RPT reports look clean
+# bimi_logo = "https://example.com/logo.svg"   # adds a BIMI record (SVG Tiny PS)
+recheck_interval = 21600.0  # seconds between DNS re-checks of every domain; 0 = never
 
 [database]
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir

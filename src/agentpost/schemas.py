@@ -215,7 +215,8 @@ class VerificationRecord(Wire):
     type: str
     name: str
     value: str
-    status: Literal["MISSING", "INVALID", "VALID"]
+    # UNKNOWN (beyond AgentMail's three): the last lookup failed, so nothing is known yet.
+    status: Literal["MISSING", "INVALID", "VALID", "UNKNOWN"]
     priority: int | None = None
     reason: str | None = None
 

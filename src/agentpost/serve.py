@@ -21,10 +21,11 @@ import uvicorn
 
 from agentpost.api.app import create_app
 from agentpost.config import Config, ConfigError, split_hostport
+from agentpost.inbound.authenticate import Authenticator
 from agentpost.inbound.checks import Directory, RateLimiter, Route
 from agentpost.inbound.receive import Receiver
 from agentpost.model import Envelope
-from agentpost.net.dns import DnspythonResolver
+from agentpost.net.dns import CachingResolver, DnspythonResolver
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.webhooks import WebhookWorker
@@ -33,7 +34,9 @@ from agentpost.outbound.deliver import DeliverySettings, Smarthost
 from agentpost.outbound.outcomes import Policy
 from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
+from agentpost.service import domains as domain_service
 from agentpost.service.context import Context, Sealer
+from agentpost.service.dnscheck import DnsSetup
 from agentpost.service.unsubscribe import address_tokens
 from agentpost.smtpd.mx import MxHandler, MxServer
 from agentpost.store import messages as message_store
@@ -109,6 +112,15 @@ def build_context(config: Config, db: Database, directory: Directory | None = No
         list_unsubscribe=config.outbound.list_unsubscribe,  # List-Unsubscribe (service/unsubscribe.py)
         auth_epoch=epoch.current,
         auth_changed=epoch.changed,
+        resolver=DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
+        dns_setup=DnsSetup(
+            hostname=config.hostname,
+            source=config.outbound.source,
+            source_by_domain=config.outbound.source_by_domain,
+            spf_all=config.domains.spf_all,
+            mta_sts_mode=config.domains.mta_sts_mode,
+            bimi_logo=config.domains.bimi_logo,
+        ),
     )
 
 
@@ -135,6 +147,8 @@ class Running:
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
     sent: GroupCommitter[SentMessage, str]
+    # The periodic DNS re-check of hosted domains (service/domains.py), in the parent process only.
+    rechecks: asyncio.Task[None] | None = None
 
 
 def mx_processes(config: Config) -> int:
@@ -157,7 +171,9 @@ async def start_mx(
     )
     committer.start()
     # Mail to VERP / unsubscribe addresses goes to outbound.bounces (bounces.py).
-    receiver = Receiver(db, config.hostname, mime_limits(config), committer, ReturnedMail(db, on_commit))
+    receiver = Receiver(
+        db, config.hostname, mime_limits(config), committer, ReturnedMail(db, on_commit), authenticator(config)
+    )
     limiter = RateLimiter(config.mx.max_connections_per_ip, config.mx.max_messages_per_ip_per_minute)
     handler = MxHandler(directory, receiver, limiter, config.mx.max_recipients)
     cert, key = ensure_tls(config)
@@ -180,6 +196,16 @@ async def start_mx(
     return mx, committer, receiver
 
 
+def authenticator(config: Config) -> Authenticator | None:
+    """SPF / DKIM / DMARC for the MX ([mx] authenticate), on a caching resolver of its own: the
+    sender is waiting for the 250, so one DNS timeout, not dnspython's retries up to twice it."""
+    if not config.mx.authenticate:
+        return None
+    timeout = config.dns.timeout
+    resolver = CachingResolver(DnspythonResolver(config.dns.servers, timeout=timeout, lifetime=timeout))
+    return Authenticator(resolver, config.hostname, config.mx.trusted_networks)
+
+
 def local_delivery(
     config: Config, directory: Directory, receiver: Receiver
 ) -> Callable[[str, list[str], bytes], Awaitable[None]]:
@@ -189,7 +215,8 @@ def local_delivery(
         routes = [r for r in [await directory.route(a) for a in rcpt_to] if isinstance(r, Route)]
         if routes:
             envelope = Envelope(mail_from, rcpt_to, helo=config.hostname, client_ip="127.0.0.1")
-            await receiver.receive(envelope, raw, routes)
+            # Our own outbound: not authenticated again (auth records it as internal).
+            await receiver.receive(envelope, raw, routes, internal=True)
 
     return deliver
 
@@ -380,7 +407,10 @@ async def start(config: Config, *, child: bool = False) -> Running:
         "sqlite" if db.is_sqlite else "postgresql",
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
-    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer)
+    rechecks = None
+    if not child and config.domains.recheck_interval > 0:
+        rechecks = asyncio.create_task(domain_service.run_rechecks(ctx, config.domains.recheck_interval))
+    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks)
 
 
 async def stop(running: Running) -> None:
@@ -394,6 +424,10 @@ async def stop(running: Running) -> None:
         await running.webhooks.stop()
     await running.sent.stop()
     await running.outbound.stop()
+    if running.rechecks is not None:
+        running.rechecks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.rechecks
     await running.committer.stop()
     await running.ctx.db.close()
 

@@ -7,13 +7,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from typing import Any
 
 from agentpost import model
 from agentpost.errors import Rejected
+from agentpost.inbound import verdict as verdicts
+from agentpost.inbound.authenticate import Authenticator
 from agentpost.inbound.checks import Route
 from agentpost.model import Envelope, new_id
 from agentpost.outbound.bounces import BOUNCE, ReturnedMail
-from agentpost.proto import codes, mime, text
+from agentpost.proto import authresults, codes, mime, text
 from agentpost.proto.threads import thread_keys
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
@@ -46,6 +49,15 @@ class Receipt:
     saved: list[tuple[str, Saved]]
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome of authentication for one accepted message: what prepare() records."""
+
+    auth: dict[str, Any]  # the API's ``auth`` object
+    header: bytes  # Authentication-Results, prepended to the stored message
+    labels: tuple[str, ...] = ()
+
+
 class Receiver:
     """inbound.receive: turns one accepted SMTP transaction into stored, threaded messages."""
 
@@ -56,6 +68,7 @@ class Receiver:
         limits: mime.MimeLimits,
         committer: GroupCommitter[NewMessage, Saved],
         returned: ReturnedMail | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.db = db
         self.hostname = hostname
@@ -63,24 +76,38 @@ class Receiver:
         self.committer = committer
         # Mail to our VERP and unsubscribe addresses (routes with ``returned`` set).
         self.returned = returned
+        # Sender authentication (SPF, DKIM, DMARC) before the 250; None when [mx] authenticate is off.
+        self.authenticator = authenticator
 
-    async def receive(self, envelope: Envelope, raw: bytes, routes: list[Route]) -> Receipt:
-        """Parse, label and thread one message for each routed inbox; return after the commit."""
+    async def receive(self, envelope: Envelope, raw: bytes, routes: list[Route], *, internal: bool = False) -> Receipt:
+        """Authenticate, decide, parse, label and thread one message for each routed inbox; return
+        after the commit. ``internal``: a local delivery from our own outbound (not checked)."""
         if not routes:
             raise Rejected(codes.R554_NO_VALID_RECIPIENTS, "no routed recipients")
-        stored = [await self._returned(envelope, raw, r) for r in routes if r.returned is not None]
+        checked = None
+        if self.authenticator is not None:
+            auth = await self.authenticator.authenticate(envelope, raw, internal=internal)
+            verdict = verdicts.decide(auth)
+            if verdict.reply is not None:
+                raise Rejected(verdict.reply, f"{verdict.verdict}: {verdict.reason}")
+            checked = Checked(auth.as_dict(verdict.verdict, verdict.reasons), auth.header(), verdict.labels)
+        # RFC 8601 §5: Authentication-Results fields claiming our authserv-id were not added by us.
+        raw = authresults.remove_ours(raw, self.hostname)
+        stored = [await self._returned(envelope, raw, r, checked) for r in routes if r.returned is not None]
         routes = [r for r in routes if r.returned is None]
         returned = [s for s in stored if s is not None]
         if not routes:
             return Receipt("", returned)
         if len(raw) > OFFLOAD_PARSE_BYTES:
-            items = await asyncio.to_thread(self.prepare, envelope, raw, routes)
+            items = await asyncio.to_thread(self.prepare, envelope, raw, routes, checked)
         else:
-            items = self.prepare(envelope, raw, routes)
+            items = self.prepare(envelope, raw, routes, checked)
         saved = await self.committer.commit(items)
         return Receipt(items[0].message_id, [(r.inbox_id, s) for r, s in zip(routes, saved, strict=True)] + returned)
 
-    async def _returned(self, envelope: Envelope, raw: bytes, route: Route) -> tuple[str, Saved] | None:
+    async def _returned(
+        self, envelope: Envelope, raw: bytes, route: Route, checked: Checked | None = None
+    ) -> tuple[str, Saved] | None:
         """Mail to a VERP address (a bounce, or an auto-reply to the envelope sender) or to an
         unsubscribe address; never answered (no backscatter)."""
         if route.returned is None or self.returned is None:
@@ -90,12 +117,14 @@ class Receiver:
             return None
 
         def copy_for(inbox_id: str, organization_id: str) -> NewMessage:
-            return self.prepare(envelope, raw, [Route(inbox_id, organization_id)])[0]
+            return self.prepare(envelope, raw, [Route(inbox_id, organization_id)], checked)[0]
 
         saved = await self.returned.bounce(route.returned.message_pk, raw, copy_for)
         return (route.inbox_id, saved) if saved is not None else None
 
-    def prepare(self, envelope: Envelope, raw: bytes, routes: list[Route]) -> list[NewMessage]:
+    def prepare(
+        self, envelope: Envelope, raw: bytes, routes: list[Route], checked: Checked | None = None
+    ) -> list[NewMessage]:
         parsed = mime.parse(raw, self.limits)
         body_text = parsed.text
         html = None
@@ -116,9 +145,12 @@ class Receiver:
             labels.append(model.LABEL_REPORT)
         elif parsed.auto_submitted == "bulk":
             labels.append(model.LABEL_BULK)
+        if checked is not None:
+            labels.extend(checked.labels)
         blob_key = new_id("blb_")
         # RFC 5321 §4.4: the receiving server prepends trace fields; the rest stays byte-exact.
-        stored_raw = self.trace_header(envelope, blob_key) + raw
+        # RFC 8601 §4: our Authentication-Results goes on top of the message, below our Received.
+        stored_raw = self.trace_header(envelope, blob_key) + (checked.header if checked else b"") + raw
         message_id = parsed.message_id or f"<{blob_key}@{self.hostname}>"
         keys = thread_keys(parsed.message_id, parsed.in_reply_to, parsed.references)
         attachments = [NewAttachment.of(a) for a in parsed.attachments]
@@ -150,7 +182,7 @@ class Receiver:
                     headers=parsed.headers,
                     attachments=attachments,
                     defects=parsed.defects,
-                    auth=None,
+                    auth=checked.auth if checked is not None else None,
                     size=len(stored_raw),
                     timestamp=envelope.received_at,
                     thread_keys=keys,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import dns.asyncresolver
 import dns.exception
@@ -238,3 +240,90 @@ async def resolve_mx(resolver: Resolver, domain: str) -> list[MxTarget]:
         # Some MX hosts could not be looked up at all: an answer may come later, so this is not final.
         raise DnsError(f"{domain}: no MX host resolved: {failures[0]}", temporary=True)
     return targets
+
+
+_Answer = TypeVar("_Answer", bound=list[Any])
+
+
+class CachingResolver:
+    """A Resolver that remembers answers for a short time, in memory, for one process.
+
+    Sender authentication asks the same questions over and over (a busy sender's SPF record and its
+    includes, its DKIM key, its DMARC record): answers are kept ``ttl`` seconds, empty answers
+    (NXDOMAIN, NODATA) ``negative_ttl`` seconds, at most ``max_entries`` names, oldest dropped first.
+    A DnsError is never kept: the next question asks again. Concurrent identical questions share one
+    lookup. Record TTLs are not used (the Resolver protocol does not carry them), so ``ttl`` stays short.
+    """
+
+    def __init__(
+        self,
+        inner: Resolver,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float = 15.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._answers: dict[tuple[str, str], tuple[float, list[Any]]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
+        self._family = isinstance(inner, FamilyResolver)
+
+    async def _lookup(self, kind: str, name: str, fetch: Callable[[], Awaitable[_Answer]]) -> _Answer:
+        key = (kind, name.lower())
+        found = self._answers.get(key)
+        if found is not None:
+            if found[0] > self.clock():
+                return cast(_Answer, list(found[1]))
+            del self._answers[key]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._fetch(fetch))
+            pending.add_done_callback(functools.partial(self._settle, key))
+        # Shielded: one caller giving up (a cancelled SMTP session) does not cancel the others' lookup.
+        return cast(_Answer, list(await asyncio.shield(pending)))
+
+    @staticmethod
+    async def _fetch(fetch: Callable[[], Awaitable[_Answer]]) -> list[Any]:
+        return list(await fetch())
+
+    def _settle(self, key: tuple[str, str], done: asyncio.Future[list[Any]]) -> None:
+        self._pending.pop(key, None)
+        if done.cancelled() or done.exception() is not None:
+            return  # errors are not remembered
+        answer = done.result()
+        if len(self._answers) >= self.max_entries:
+            now = self.clock()
+            for stale in [k for k, (expires, _) in self._answers.items() if expires <= now]:
+                del self._answers[stale]
+            while len(self._answers) >= self.max_entries:
+                del self._answers[next(iter(self._answers))]
+        self._answers[key] = (self.clock() + (self.ttl if answer else self.negative_ttl), list(answer))
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        return await self._lookup("MX", domain, lambda: self.inner.mx(domain))
+
+    async def a(self, host: str) -> list[str]:
+        return await self._lookup("A+AAAA", host, lambda: self.inner.a(host))
+
+    async def ipv4(self, host: str) -> list[str]:
+        if self._family:
+            inner = cast(FamilyResolver, self.inner)
+            return await self._lookup("A", host, lambda: inner.ipv4(host))
+        return [ip for ip in await self.a(host) if ":" not in ip]
+
+    async def ipv6(self, host: str) -> list[str]:
+        if self._family:
+            inner = cast(FamilyResolver, self.inner)
+            return await self._lookup("AAAA", host, lambda: inner.ipv6(host))
+        return [ip for ip in await self.a(host) if ":" in ip]
+
+    async def txt(self, name: str) -> list[str]:
+        return await self._lookup("TXT", name, lambda: self.inner.txt(name))
+
+    async def ptr(self, ip: str) -> list[str]:
+        return await self._lookup("PTR", ip, lambda: self.inner.ptr(ip))

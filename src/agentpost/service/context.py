@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from cryptography.fernet import Fernet, InvalidToken
 
 from agentpost.mailauth.dkim import DkimSigner
+from agentpost.net.dns import Resolver
 from agentpost.notify.bus import EventBus
 from agentpost.outbound.submit import CommitSent
+from agentpost.service.dnscheck import DnsSetup
 from agentpost.store.db import Database
 from agentpost.store.orgs import KeyRecord
 
@@ -93,3 +95,7 @@ class Context:
     principals_epoch: object = 0
     # List-Unsubscribe + one-click on API sends (config outbound.list_unsubscribe).
     list_unsubscribe: bool = True
+    # The [dns] resolver: domain verification looks the published records up through it.
+    resolver: Resolver | None = None
+    # What the DNS records recommended for hosted domains say (service/dnscheck.py); None: defaults.
+    dns_setup: DnsSetup | None = None

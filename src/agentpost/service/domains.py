@@ -1,20 +1,27 @@
-"""Domain use cases: add (idempotent), list, get with the DNS records to publish, delete."""
+"""Domain use cases: add (idempotent), list, get with the DNS records to publish, verify them, delete."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from datetime import timedelta
+from typing import Any
 
 from agentpost import schemas
-from agentpost.errors import Conflict, Invalid, NotFound
+from agentpost.errors import BadRequest, Conflict, Invalid, NotFound
 from agentpost.mailauth import dkim
 from agentpost.model import utcnow
+from agentpost.service import dnscheck
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
 from agentpost.store import dkim_keys as dkim_store
 from agentpost.store import domains as domain_store
+from agentpost.store import events as event_store
 from agentpost.store.dkim_keys import StoredKey
 from agentpost.store.pages import clamp_limit, decode_token, encode_token
+
+log = logging.getLogger(__name__)
 
 # RFC 1035 §2.3.1 / RFC 5890: LDH labels (A-labels for IDNs), at least two labels.
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -89,39 +96,131 @@ async def _load_signer(ctx: Context, domain: str, keys: list[StoredKey]) -> dkim
     )
 
 
-async def records(ctx: Context, domain_id: str, domain: str) -> list[schemas.VerificationRecord]:
-    """What to publish: MX, SPF, one DKIM TXT per active selector, DMARC (verification: issue 4)."""
+def dns_setup(ctx: Context) -> dnscheck.DnsSetup:
+    return ctx.dns_setup or dnscheck.DnsSetup(hostname=ctx.hostname)
+
+
+async def expected(ctx: Context, domain_id: str, domain: str) -> list[dnscheck.Expected]:
+    """What to publish: MX, SPF, one DKIM TXT per active selector, DMARC, MTA-STS, TLS-RPT, BIMI, PTR."""
     keys = await ensure_dkim_keys(ctx, domain_id, domain)
-    dkim_records = [
-        schemas.VerificationRecord(
-            type="TXT",
-            name=f"{k.selector}._domainkey.{domain}",
-            value=k.public_txt,
-            status="MISSING",
-            reason="not checked yet",
+    return dnscheck.expected(domain, [(k.selector, k.public_txt) for k in keys], dns_setup(ctx))
+
+
+NOT_CHECKED = "not checked yet: POST /v0/domains/{domain_id}/verify or `agentpost domain verify`"
+
+
+async def records(ctx: Context, row: Any) -> list[schemas.VerificationRecord]:
+    """The records to publish, each with the status the last check found for it."""
+    return _with_status(await expected(ctx, row.id, row.domain), row.dns_check, row.id)
+
+
+def _with_status(
+    wanted: list[dnscheck.Expected], check: list[dict[str, Any]] | None, domain_id: str
+) -> list[schemas.VerificationRecord]:
+    # A record whose expected value changed since the check (a new DKIM key, another sending
+    # address) counts as not checked.
+    checked = {(c["type"], c["name"], c["value"]): c for c in check or []}
+    result = []
+    for e in wanted:
+        found = checked.get((e.type, e.name, e.value))
+        result.append(
+            schemas.VerificationRecord(
+                type=e.type,
+                name=e.name,
+                value=e.value,
+                priority=e.priority,
+                status=found["status"] if found else "MISSING",
+                reason=found["reason"] if found else NOT_CHECKED.format(domain_id=domain_id),
+            )
         )
-        for k in keys
+    return result
+
+
+async def verify(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
+    """Look the domain's records up through the configured resolver and record what was found."""
+    who.require_org()
+    who.require("domain_update")
+    async with ctx.db.read() as conn:
+        row = await domain_store.get_row(conn, who.organization_id, domain_id)
+    if row is None:
+        raise NotFound("domain not found")
+    return await check(ctx, row)
+
+
+async def check(ctx: Context, row: Any) -> schemas.Domain:
+    """Check one domain's records (an owner's verify, or the periodic re-check) and store the outcome.
+
+    The first time the domain becomes VERIFIED a domain.verified event is written with it; a verified
+    domain whose records broke turns INVALID, with the reason.
+    """
+    if ctx.resolver is None:
+        raise BadRequest("no DNS resolver is configured on this server")
+    setup = dns_setup(ctx)
+    wanted = await expected(ctx, row.id, row.domain)
+    findings = await dnscheck.check(ctx.resolver, row.domain, wanted, setup)
+    snapshot = [
+        {"type": e.type, "name": e.name, "value": e.value, "status": f.status, "reason": f.reason}
+        for e, f in zip(wanted, findings, strict=True)
     ]
-    return dkim_records + [
-        schemas.VerificationRecord(
-            type="MX",
-            name=domain,
-            value=ctx.hostname,
-            priority=10,
-            status="MISSING",
-            reason="not checked yet",
-        ),
-        schemas.VerificationRecord(
-            type="TXT", name=domain, value="v=spf1 mx -all", status="MISSING", reason="not checked yet"
-        ),
-        schemas.VerificationRecord(
-            type="TXT",
-            name=f"_dmarc.{domain}",
-            value="v=DMARC1; p=none",
-            status="MISSING",
-            reason="not checked yet",
-        ),
-    ]
+    now = utcnow()
+    async with ctx.db.write() as conn:
+        current = await domain_store.lock_row(conn, row.id)
+        if current is None:
+            raise NotFound("domain not found")
+        status, reason = dnscheck.verdict(wanted, findings, current.status)
+        became_verified = status == "VERIFIED" and current.status != "VERIFIED"
+        await domain_store.save_check(
+            conn, row.id, status, reason, snapshot, now, verified_at=now if became_verified else None
+        )
+        updated = await domain_store.get_row(conn, row.organization_id, row.id)
+        assert updated is not None
+        domain = domain_store.to_domain(updated, _with_status(wanted, snapshot, row.id))
+        if became_verified:
+            payload = {"domain": domain.model_dump(mode="json", exclude_none=True)}
+            await event_store.append(conn, row.organization_id, None, "domain.verified", payload)
+    if became_verified:
+        ctx.bus.published()
+        log.info("domain %s verified", row.domain)
+    elif current.status == "VERIFIED" and status != "VERIFIED":
+        log.warning("domain %s: its DNS records broke: %s", row.domain, reason)
+    return domain
+
+
+async def recheck_due(ctx: Context, interval: float, limit: int = 50) -> int:
+    """Re-check the domains last checked more than ``interval`` seconds ago; returns how many were checked."""
+    async with ctx.db.read() as conn:
+        rows = await domain_store.due_for_check(conn, utcnow() - timedelta(seconds=interval), limit)
+    for row in rows:
+        try:
+            await check(ctx, row)
+        except NotFound:
+            continue  # deleted meanwhile
+    return len(rows)
+
+
+async def run_rechecks(ctx: Context, interval: float, *, poll: float = 60.0) -> None:
+    """Forever: re-check every checked domain once per ``interval`` seconds (serve runs it as a task)."""
+    while True:
+        try:
+            await recheck_due(ctx, interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad pass must not end the re-checks
+            log.exception("domain re-check failed")
+        await asyncio.sleep(min(poll, interval))
+
+
+async def mta_sts_policy(ctx: Context, host: str) -> str:
+    """The MTA-STS policy (RFC 8461 §3.2) for a Host header "mta-sts.<domain>" of a hosted domain."""
+    name = host.split(":", 1)[0].strip().rstrip(".").lower()
+    if not name.startswith("mta-sts."):
+        raise NotFound("no MTA-STS policy here")
+    domain = name.removeprefix("mta-sts.")
+    async with ctx.db.read() as conn:
+        hosted = await domain_store.receiving(conn, domain)
+    if hosted is None:
+        raise NotFound("no MTA-STS policy here")
+    return dnscheck.mta_sts_policy(domain, dns_setup(ctx))
 
 
 async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[schemas.Domain, bool]:
@@ -132,7 +231,7 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
         async with ctx.db.read() as conn:
             existing = await domain_store.by_client_id(conn, who.organization_id, req.client_id)
         if existing is not None:
-            return domain_store.to_domain(existing, await records(ctx, existing.id, existing.domain)), False
+            return domain_store.to_domain(existing, await records(ctx, existing)), False
     async with ctx.db.write() as conn:
         row, created = await domain_store.add(
             conn,
@@ -145,7 +244,7 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
         if not created and row.organization_id != who.organization_id:
             raise Conflict(f"domain {name} is hosted by another organisation")
     ctx.routing_changed()
-    return domain_store.to_domain(row, await records(ctx, row.id, row.domain)), created
+    return domain_store.to_domain(row, await records(ctx, row)), created
 
 
 async def get(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
@@ -154,7 +253,7 @@ async def get(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
         row = await domain_store.get_row(conn, who.organization_id, domain_id)
     if row is None:
         raise NotFound("domain not found")
-    return domain_store.to_domain(row, await records(ctx, row.id, row.domain))
+    return domain_store.to_domain(row, await records(ctx, row))
 
 
 async def list_(ctx: Context, who: Principal, limit: int | None, page_token: str | None) -> schemas.ListDomains:
@@ -196,7 +295,7 @@ async def update(ctx: Context, who: Principal, domain_id: str, req: schemas.Upda
             await domain_store.update(conn, row.id, **values)
         updated = await domain_store.get_row(conn, who.organization_id, row.id)
     ctx.routing_changed()  # inbound_enabled decides whether the MX accepts the domain
-    return domain_store.to_domain(updated or row, await records(ctx, row.id, row.domain))
+    return domain_store.to_domain(updated or row, await records(ctx, updated or row))
 
 
 def _txt_strings(value: str) -> str:
@@ -207,9 +306,18 @@ def _txt_strings(value: str) -> str:
 
 
 def zone_file(domain: schemas.Domain) -> str:
-    lines = [f"; DNS records for {domain.domain} (BIND zone file format)"]
+    """The records in BIND zone file format; a PTR record belongs to the reverse zone, so it is a comment."""
+    lines = [
+        f"; DNS records for {domain.domain} (BIND zone file format), generated by agentpost.",
+        "; DMARC starts at p=none: move to p=quarantine, then p=reject, once the aggregate reports",
+        "; show your mail passing aligned (see docs/dns.md).",
+    ]
     for r in domain.records:
         value = _txt_strings(r.value) if r.type == "TXT" else f"{r.value}."
         prio = f"{r.priority} " if r.priority is not None else ""
-        lines.append(f"{r.name}.\t3600\tIN\t{r.type}\t{prio}{value}")
+        line = f"{r.name}.\t3600\tIN\t{r.type}\t{prio}{value}"
+        if r.type == "PTR":
+            lines.append("; in the reverse zone, set by whoever runs the sending address:")
+            line = "; " + line
+        lines.append(line)
     return "\n".join(lines) + "\n"

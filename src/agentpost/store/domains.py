@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ def _item(row: Any) -> schemas.DomainItem:
 
 def to_domain(row: Any, records: list[schemas.VerificationRecord]) -> schemas.Domain:
     item = _item(row)
-    return schemas.Domain(**item.model_dump(), status=row.status, records=records)
+    return schemas.Domain(**item.model_dump(), status=row.status, reason=row.status_reason, records=records)
 
 
 async def add(
@@ -111,3 +112,39 @@ async def receiving(conn: AsyncConnection, name: str) -> str | None:
     query = sa.select(domains.c.organization_id).where(domains.c.domain == name, domains.c.inbound_enabled.is_(True))
     row = (await conn.execute(query)).first()
     return str(row[0]) if row else None
+
+
+async def lock_row(conn: AsyncConnection, domain_id: str) -> Any | None:
+    """The row, locked until the transaction ends (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises anyway),
+    so that two nodes checking one domain agree on its status change."""
+    query = sa.select(domains).where(domains.c.id == domain_id).with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def save_check(
+    conn: AsyncConnection,
+    domain_id: str,
+    status: str,
+    reason: str | None,
+    check: list[dict[str, Any]],
+    checked_at: datetime,
+    verified_at: datetime | None,
+) -> None:
+    """Record a DNS check of the domain's records (service/dnscheck.py) and the status it gave."""
+    values: dict[str, Any] = dict(status=status, status_reason=reason, dns_check=check, checked_at=checked_at)
+    if verified_at is not None:
+        values["verified_at"] = verified_at
+    await conn.execute(domains.update().where(domains.c.id == domain_id).values(**values, updated_at=checked_at))
+
+
+async def due_for_check(conn: AsyncConnection, checked_before: datetime, limit: int) -> list[Any]:
+    """Domains checked before, last before ``checked_before``: the longest unchecked first.
+
+    A domain never checked waits for its owner's first verify (its records may not be published yet)."""
+    query = (
+        sa.select(domains)
+        .where(domains.c.checked_at < checked_before)
+        .order_by(domains.c.checked_at, domains.c.id)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).all())

@@ -76,6 +76,11 @@ domains = sa.Table(
     sa.Column("client_id", sa.String(200), nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
+    # The last DNS check (service/dnscheck.py): [{type, name, value, status, reason}] per record.
+    sa.Column("dns_check", sa.JSON, nullable=True),
+    sa.Column("status_reason", sa.Text, nullable=True),
+    sa.Column("checked_at", TS, nullable=True),
+    sa.Column("verified_at", TS, nullable=True),
     sa.UniqueConstraint("organization_id", "client_id"),
 )
 

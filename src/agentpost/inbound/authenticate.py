@@ -1,0 +1,233 @@
+"""Inbound step 1, authenticate: SPF (MAIL FROM and HELO), every DKIM signature and DMARC for one message.
+
+``Authenticator.authenticate(envelope, raw)`` runs the checks of ``mailauth`` on the injected resolver
+(SPF for both identities and DKIM concurrently, then DMARC on their results) and returns
+``AuthResults``. What to do about them is ``inbound.verdict.decide``; how they are recorded is
+``AuthResults.as_dict`` (the ``auth`` object of the API) and ``AuthResults.header`` (the
+Authentication-Results field prepended to the stored message, RFC 8601).
+
+Mail that did not come from the Internet is not checked: a copy delivered locally by our own
+outbound (``internal=True``) and mail from a client in ``trusted`` networks (by default loopback,
+as Postfix's mynetworks, OpenDMARC's IgnoreHosts and policyd-spf's skip_addresses do) get
+``internal`` results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agentpost.mailauth import dkim_verify, dmarc, spf
+from agentpost.mailauth.dkim_verify import DkimResult
+from agentpost.mailauth.dmarc import DmarcResult
+from agentpost.mailauth.spf import SpfResult
+from agentpost.model import Envelope
+from agentpost.net.dns import DnsError, Resolver
+from agentpost.proto import authresults
+from agentpost.proto.address import AddressError, domain_of, split_address_list
+from agentpost.proto.authresults import ResInfo
+
+__all__ = ["DEFAULT_TRUSTED", "AuthResults", "Authenticator", "header_from_domains"]
+
+DEFAULT_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
+_FROM_FIELD: Final = re.compile(r"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+MAX_HEADER_SCAN: Final = 256 * 1024  # the From field is looked for in at most this much header
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResults:
+    """What the checks found for one message. ``internal`` results carry no checks, only ``note``."""
+
+    authserv_id: str
+    spf: SpfResult | None = None  # MAIL FROM identity (the HELO one when MAIL FROM is <>)
+    helo: SpfResult | None = None  # HELO identity, when checked separately
+    dkim: Sequence[DkimResult] = ()
+    dmarc: DmarcResult | None = None
+    internal: bool = False
+    note: str = ""  # why internal
+    null_sender: bool = False  # MAIL FROM was <>: ``spf`` is the HELO identity's result
+
+    @property
+    def any_pass(self) -> bool:
+        """Some identity authenticated (aligned or not): SPF for MAIL FROM, or a DKIM signature."""
+        return (self.spf is not None and self.spf.result == "pass") or any(d.result == "pass" for d in self.dkim)
+
+    @property
+    def some_temperror(self) -> bool:
+        """A check of an identity DMARC could have used ended in a temporary DNS failure."""
+        return (self.spf is not None and self.spf.result == "temperror") or any(
+            d.result == "temperror" for d in self.dkim
+        )
+
+    def as_dict(self, verdict: str, reasons: Iterable[str]) -> dict[str, Any]:
+        """The ``auth`` object of the API: each mechanism's result and domain, aligned ids, the verdict."""
+        reasons = list(reasons)
+        if self.internal:
+            return {
+                "verdict": verdict,
+                "reasons": reasons,
+                "internal": True,
+                "note": self.note,
+                "spf": None,
+                "dkim": [],
+                "dmarc": None,
+                "arc": None,
+                "aligned": {"spf": None, "dkim": []},
+            }
+        spf_dict: dict[str, Any] | None = None
+        if self.spf is not None:
+            spf_dict = {"result": self.spf.result, "domain": self.spf.domain, "reason": self.spf.reason}
+            if self.helo is not None:
+                spf_dict["helo"] = {"result": self.helo.result, "domain": self.helo.domain}
+        dmarc_dict = None
+        if self.dmarc is not None:
+            d = self.dmarc
+            dmarc_dict = {
+                "result": d.result,
+                "domain": d.header_from,
+                "policy": d.policy,
+                "disposition": d.disposition,
+                "policy_domain": d.policy_domain or None,
+                "testing": d.testing,
+                "reason": d.reason,
+            }
+        return {
+            "verdict": verdict,
+            "reasons": reasons,
+            "internal": False,
+            "spf": spf_dict,
+            "dkim": [
+                {
+                    "result": r.result,
+                    "domain": r.domain,
+                    "selector": r.selector,
+                    "algorithm": r.algorithm,
+                    "reason": r.reason,
+                }
+                for r in self.dkim
+            ],
+            "dmarc": dmarc_dict,
+            "arc": None,  # not evaluated yet
+            "aligned": {
+                "spf": (self.dmarc.spf_aligned or None) if self.dmarc else None,
+                "dkim": list(self.dmarc.dkim_aligned) if self.dmarc else [],
+            },
+        }
+
+    def header(self) -> bytes:
+        """The Authentication-Results field (RFC 8601) for these results, CRLF-terminated."""
+        if self.internal:
+            return authresults.build(self.authserv_id, [])
+        results: list[ResInfo] = []
+        if self.spf is not None:
+            identity = "smtp.helo" if self.helo is None and self.spf.domain and self.null_sender else "smtp.mailfrom"
+            results.append(ResInfo("spf", self.spf.result, [(identity, self.spf.domain)], self.spf.reason))
+        if self.helo is not None:
+            results.append(ResInfo("spf", self.helo.result, [("smtp.helo", self.helo.domain)]))
+        if not self.dkim:
+            results.append(ResInfo("dkim", "none"))
+        for r in self.dkim:
+            props = [("header.d", r.domain), ("header.s", r.selector), ("header.a", r.algorithm), ("header.b", r.b)]
+            results.append(ResInfo("dkim", r.result, [(k, v) for k, v in props if v], r.reason))
+        if self.dmarc is not None:
+            d = self.dmarc
+            comment = f"p={d.policy} dis={d.disposition}" if d.record is not None else d.reason
+            props = [("header.from", d.header_from)] if d.header_from else []
+            results.append(ResInfo("dmarc", d.result, props, comment))
+        return authresults.build(self.authserv_id, results)
+
+
+def header_from_domains(raw: bytes) -> list[str]:
+    """The domains of the RFC5322.From mailboxes, in order, duplicates dropped (at most a few)."""
+    found = _HEADER_END.search(raw, 0, MAX_HEADER_SCAN)
+    head = raw[: found.start() if found else MAX_HEADER_SCAN].decode("utf-8", "replace")
+    if head.startswith(("\r\n", "\n")):
+        return []
+    domains: list[str] = []
+    for match in _FROM_FIELD.finditer(head):
+        for item in split_address_list(match.group(1).replace("\r", "").replace("\n", "")):
+            try:
+                domain = domain_of(item)
+            except AddressError:
+                # Unparseable: keep the text after the last "@", so DMARC reports it (permerror).
+                _, at, rest = item.rpartition("@")
+                domain = rest.strip(" >\t").lower() if at else ""
+            if domain and domain not in domains:
+                domains.append(domain)
+    return domains[:10]
+
+
+def _ip_in(ip: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _is_domain(name: str) -> bool:
+    return "." in name and not name.startswith("[") and not name.replace(".", "").isdigit()
+
+
+class Authenticator:
+    """Runs the checks for the MX; one per process, sharing its (caching) resolver."""
+
+    def __init__(self, resolver: Resolver, authserv_id: str, trusted: Iterable[str] = DEFAULT_TRUSTED) -> None:
+        self.resolver = resolver
+        self.authserv_id = authserv_id
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+
+    async def authenticate(self, envelope: Envelope, raw: bytes, *, internal: bool = False) -> AuthResults:
+        if internal:
+            return AuthResults(self.authserv_id, internal=True, note="local delivery from a hosted inbox")
+        if _ip_in(envelope.client_ip, self.trusted):
+            return AuthResults(self.authserv_id, internal=True, note="client in mx.trusted_networks")
+        ip = envelope.client_ip
+        helo = envelope.helo.strip()
+        from_domains = header_from_domains(raw)
+        now = envelope.received_at.timestamp()
+        checks: list[Any] = [
+            self._spf(spf.check_mail_from(self.resolver, ip, envelope.mail_from, helo, receiver=self.authserv_id)),
+            dkim_verify.verify(self.resolver, raw, now=now),
+        ]
+        # RFC 7208 §2.3: the HELO identity too, unless MAIL FROM is <> (then it is the one checked).
+        check_helo = bool(envelope.mail_from) and _is_domain(helo)
+        if check_helo:
+            checks.append(self._spf(spf.check_helo(self.resolver, ip, helo, receiver=self.authserv_id)))
+        if from_domains:
+            # Warm the resolver's cache with the first DMARC question while SPF and DKIM run.
+            checks.append(self._prefetch(f"_dmarc.{from_domains[0]}"))
+        done = await asyncio.gather(*checks)
+        spf_result: SpfResult = done[0]
+        dkim_results: list[DkimResult] = done[1]
+        helo_result: SpfResult | None = done[2] if check_helo else None
+        dmarc_result = await dmarc.evaluate(
+            self.resolver, from_domains, spf_result.result, spf_result.domain or None, dkim_results
+        )
+        return AuthResults(
+            self.authserv_id,
+            spf=spf_result,
+            helo=helo_result,
+            dkim=dkim_results,
+            dmarc=dmarc_result,
+            null_sender=not envelope.mail_from,
+        )
+
+    async def _spf(self, check: Any) -> SpfResult:
+        try:
+            result: SpfResult = await check
+        except ValueError as exc:  # not an IP address: nothing to check
+            return SpfResult("none", "", reason=str(exc))
+        return result
+
+    async def _prefetch(self, name: str) -> None:
+        with contextlib.suppress(DnsError):
+            await self.resolver.txt(name)

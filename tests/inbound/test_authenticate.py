@@ -1,0 +1,162 @@
+"""Inbound authentication and the verdict on it: SPF + DKIM + DMARC on a zone in a dict, then decide()."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agentpost import model
+from agentpost.inbound.authenticate import Authenticator, header_from_domains
+from agentpost.inbound.verdict import decide
+from agentpost.mailauth.dkim import RSA_SHA256, DkimKey, DkimSigner, generate_key
+from agentpost.model import Envelope
+from agentpost.net.dns import FakeResolver
+from agentpost.proto import codes
+
+HOST = "mx.agentpost.test"
+SENDER_IP = "192.0.2.25"
+OTHER_IP = "198.51.100.7"
+
+
+def message(from_domain: str) -> bytes:
+    return (
+        f"From: Bob <bob@{from_domain}>\r\n"
+        f"To: agent@agents.example\r\n"
+        f"Subject: hello\r\n"
+        f"Message-ID: <m1@{from_domain}>\r\n"
+        f"\r\n"
+        f"Hello there.\r\n"
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def key() -> DkimKey:
+    return generate_key("signed.example", "s1", RSA_SHA256)
+
+
+def zone(key: DkimKey) -> dict[str, dict[str, list[str]]]:
+    return {
+        # p=reject, SPF authorises SENDER_IP, DKIM key published
+        "signed.example": {"TXT": [f"v=spf1 ip4:{SENDER_IP} -all"]},
+        "_dmarc.signed.example": {"TXT": ["v=DMARC1; p=reject"]},
+        key.dns_name: {"TXT": [key.dns_txt()]},
+        "reject.example": {"TXT": [f"v=spf1 ip4:{SENDER_IP} -all"]},
+        "_dmarc.reject.example": {"TXT": ["v=DMARC1; p=reject"]},
+        "quarantine.example": {"TXT": ["v=spf1 -all"]},
+        "_dmarc.quarantine.example": {"TXT": ["v=DMARC1; p=quarantine"]},
+        "testing.example": {"TXT": ["v=spf1 -all"]},
+        "_dmarc.testing.example": {"TXT": ["v=DMARC1; p=reject; t=y"]},
+        "none.example": {"TXT": ["v=spf1 -all"]},
+        "_dmarc.none.example": {"TXT": ["v=DMARC1; p=none"]},
+        "nodmarc.example": {"TXT": [f"v=spf1 ip4:{SENDER_IP} -all"]},
+        "broken.example": {"TXT": [f"v=spf1 ip4:{SENDER_IP} -all"]},
+        "helo.example": {"TXT": [f"v=spf1 ip4:{SENDER_IP} -all"]},
+    }
+
+
+def envelope(mail_from: str, ip: str = SENDER_IP, helo: str = "helo.example") -> Envelope:
+    return Envelope(mail_from, ["agent@agents.example"], helo=helo, client_ip=ip)
+
+
+async def check(
+    resolver: FakeResolver, env: Envelope, raw: bytes, *, internal: bool = False, trusted: tuple[str, ...] = ()
+) -> tuple[str, dict[str, object], bytes, tuple[str, ...], codes.Reply | None]:
+    auth = await Authenticator(resolver, HOST, trusted).authenticate(env, raw, internal=internal)
+    verdict = decide(auth)
+    return verdict.verdict, auth.as_dict(verdict.verdict, verdict.reasons), auth.header(), verdict.labels, verdict.reply
+
+
+async def test_aligned_dkim_and_spf_pass_dmarc(key: DkimKey) -> None:
+    raw = message("signed.example")
+    signed = DkimSigner([key]).sign(raw) + raw
+    verdict, auth, header, labels, reply = await check(FakeResolver(zone(key)), envelope("bob@signed.example"), signed)
+    assert (verdict, labels, reply) == ("pass", (), None)
+    assert auth["spf"]["result"] == "pass" and auth["spf"]["domain"] == "signed.example"  # type: ignore[index]
+    assert auth["spf"]["helo"] == {"result": "pass", "domain": "helo.example"}  # type: ignore[index]
+    assert [(d["result"], d["domain"], d["selector"]) for d in auth["dkim"]] == [  # type: ignore[attr-defined]
+        ("pass", "signed.example", "s1")
+    ]
+    assert auth["dmarc"]["result"] == "pass" and auth["dmarc"]["policy"] == "reject"  # type: ignore[index]
+    assert auth["aligned"] == {"spf": "signed.example", "dkim": ["signed.example"]}
+    text = header.decode()
+    assert text.startswith(f"Authentication-Results: {HOST};\r\n\t")
+    assert re.search(r"spf=pass \([^)]*\) smtp.mailfrom=signed.example;", text)
+    assert "spf=pass smtp.helo=helo.example" in text
+    assert "dkim=pass header.d=signed.example header.s=s1 header.a=rsa-sha256 header.b=" in text
+    assert "dmarc=pass (p=reject dis=none) header.from=signed.example" in text
+    assert text.endswith("\r\n") and all(len(line) < 998 for line in text.split("\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("from_domain", "expected", "labels", "reply"),
+    [
+        ("reject.example", "reject", (), codes.R550_DMARC_REJECT),
+        ("quarantine.example", "quarantine", (model.LABEL_SPAM, model.LABEL_UNAUTHENTICATED), None),
+        ("testing.example", "quarantine", (model.LABEL_SPAM, model.LABEL_UNAUTHENTICATED), None),  # t=y
+        ("none.example", "unauthenticated", (model.LABEL_UNAUTHENTICATED,), None),
+        ("nodmarc.example", "unauthenticated", (model.LABEL_UNAUTHENTICATED,), None),
+    ],
+)
+async def test_forged_from_from_an_unauthorised_ip(
+    key: DkimKey, from_domain: str, expected: str, labels: tuple[str, ...], reply: codes.Reply | None
+) -> None:
+    verdict, auth, header, got_labels, got_reply = await check(
+        FakeResolver(zone(key)),
+        envelope(f"bob@{from_domain}", ip=OTHER_IP, helo="unknown.invalid"),
+        message(from_domain),
+    )
+    assert (verdict, got_labels, got_reply) == (expected, labels, reply)
+    assert auth["verdict"] == expected and auth["reasons"]
+    assert b"dkim=none" in header
+
+
+async def test_spf_pass_without_dmarc_record_is_neutral_not_hidden(key: DkimKey) -> None:
+    verdict, auth, _, labels, reply = await check(
+        FakeResolver(zone(key)), envelope("bob@nodmarc.example"), message("other.example")
+    )
+    assert (verdict, labels, reply) == ("neutral", (), None)
+    assert auth["dmarc"]["result"] == "none"  # type: ignore[index]
+
+
+async def test_dmarc_lookup_servfail_defers_451(key: DkimKey) -> None:
+    resolver = FakeResolver(zone(key), servfail_types=[("_dmarc.reject.example", "TXT")])
+    verdict, _, _, _, reply = await check(
+        resolver, envelope("bob@reject.example", ip=OTHER_IP), message("reject.example")
+    )
+    assert verdict == "temperror" and reply == codes.R451_AUTH_TEMPFAIL
+
+
+async def test_dmarc_fail_after_an_spf_dns_failure_defers_instead_of_rejecting(key: DkimKey) -> None:
+    resolver = FakeResolver(zone(key), servfail_types=[("reject.example", "TXT")])
+    verdict, auth, _, _, reply = await check(resolver, envelope("bob@reject.example"), message("reject.example"))
+    assert auth["spf"]["result"] == "temperror"  # type: ignore[index]
+    assert verdict == "temperror" and reply == codes.R451_AUTH_TEMPFAIL
+
+
+@pytest.mark.parametrize(
+    ("internal", "ip", "note"),
+    [(True, OTHER_IP, "local delivery"), (False, "127.0.0.1", "trusted"), (False, "::ffff:127.0.0.2", "trusted")],
+)
+async def test_internal_and_trusted_mail_is_not_checked(key: DkimKey, internal: bool, ip: str, note: str) -> None:
+    resolver = FakeResolver(zone(key))
+    verdict, auth, header, labels, reply = await check(
+        resolver,
+        envelope("bob@reject.example", ip=ip),
+        message("reject.example"),
+        internal=internal,
+        trusted=("127.0.0.0/8",),
+    )
+    assert (verdict, labels, reply) == ("internal", (), None)
+    assert auth["internal"] is True and note in str(auth["note"])
+    assert header == f"Authentication-Results: {HOST};\r\n\tnone\r\n".encode()
+    assert resolver.queries == []
+
+
+def test_header_from_domains() -> None:
+    raw = (
+        b'Subject: x\r\nFROM: "A, B" <a@One.Example>,\r\n c@two.example\r\nFrom: d@one.example\r\n'
+        b"\r\nFrom: e@body.example\r\n"
+    )
+    assert header_from_domains(raw) == ["one.example", "two.example"]
+    assert header_from_domains(b"Subject: none\r\n\r\n") == []
