@@ -128,6 +128,7 @@ class DnsServer:
             rrs = _rrs_from_dict(zone or {}, ttl)
         self.host = host
         self.port = 0
+        self._ttl = ttl
         self._resolver = _ZoneResolver(rrs, {_key(name) for name in servfail})
         self._servers: list[DNSServer] = []
 
@@ -140,6 +141,12 @@ class DnsServer:
     def queries(self) -> list[tuple[str, str, str]]:
         with self._resolver.lock:
             return list(self._resolver.queries)
+
+    def set_zone(self, zone: ZoneDict | str) -> None:
+        """Replace the records served while running (a zone change, as a DNS host publishes one)."""
+        rrs = list(RR.fromZone(zone)) if isinstance(zone, str) else _rrs_from_dict(zone, self._ttl)
+        with self._resolver.lock:
+            self._resolver.rrs = rrs
 
     def set_servfail(self, names: Iterable[str]) -> None:
         with self._resolver.lock:

@@ -246,6 +246,23 @@ def domain_verify(name: str) -> None:
         raise typer.Exit(1)
 
 
+@domain_app.command("rotate-dkim")
+def domain_rotate_dkim(name: str) -> None:
+    """Start a DKIM key rotation: publish the new selectors; signing switches once they are seen in DNS."""
+
+    async def action(ctx: Context) -> schemas.Domain:
+        who = await key_service.operator(ctx)
+        return await domain_service.rotate(ctx, who, _domain_key(name))
+
+    domain = _with_context(_config(), action)
+    out.print(f"domain {domain.domain}: DKIM rotation", markup=False, highlight=False, soft_wrap=True)
+    for r in domain.records:
+        if "._domainkey." in r.name:
+            out.print(f"  {r.status:<8} {r.name}  {r.reason or ''}", markup=False, highlight=False, soft_wrap=True)
+    out.print("Publish the new selectors' TXT records (`agentpost domain records NAME`); signing switches to them")
+    out.print("once the periodic re-check (or `agentpost domain verify NAME`) sees them.")
+
+
 @inbox_app.command("create")
 def inbox_create(address: str, display_name: str = typer.Option("", help="Display name.")) -> None:
     """Create an inbox at ADDRESS (its domain is added if it is not hosted yet)."""

@@ -134,12 +134,23 @@ class DomainsConfig(Section):
     bimi_logo: str = ""
     # Seconds between DNS re-checks of each domain's records (0: never).
     recheck_interval: float = 6 * 3600.0
+    # Seconds between automatic DKIM key rotations of each domain (0: only on request).
+    dkim_rotation_interval: float = 182 * 86400.0
+    # Seconds a replaced DKIM key stays published after signing switched away from it.
+    dkim_grace_period: float = 7 * 86400.0
 
     @field_validator("spf_all")
     @classmethod
     def _spf_all(cls, value: str) -> str:
         if value not in ("-all", "~all"):
             raise ValueError("must be -all or ~all")
+        return value
+
+    @field_validator("dkim_rotation_interval", "dkim_grace_period")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
         return value
 
     @field_validator("mta_sts_mode")
@@ -352,6 +363,8 @@ spf_all = "-all"            # or "~all"
 mta_sts_mode = "testing"    # testing | enforce | none, once TLS-RPT reports look clean
 # bimi_logo = "https://example.com/logo.svg"   # adds a BIMI record (SVG Tiny PS)
 recheck_interval = 21600.0  # seconds between DNS re-checks of every domain; 0 = never
+dkim_rotation_interval = 15724800.0  # seconds between DKIM key rotations (182 days); 0 = on request
+dkim_grace_period = 604800.0         # seconds a replaced DKIM key stays published (7 days)
 
 [database]
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir

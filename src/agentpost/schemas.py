@@ -215,8 +215,9 @@ class VerificationRecord(Wire):
     type: str
     name: str
     value: str
-    # UNKNOWN (beyond AgentMail's three): the last lookup failed, so nothing is known yet.
-    status: Literal["MISSING", "INVALID", "VALID", "UNKNOWN"]
+    # UNKNOWN (beyond AgentMail's three): the last lookup failed, so nothing is known yet;
+    # REMOVE: the record of a retired DKIM key, to delete.
+    status: Literal["MISSING", "INVALID", "VALID", "UNKNOWN", "REMOVE"]
     priority: int | None = None
     reason: str | None = None
 

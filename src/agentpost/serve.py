@@ -121,6 +121,8 @@ def build_context(config: Config, db: Database, directory: Directory | None = No
             mta_sts_mode=config.domains.mta_sts_mode,
             bimi_logo=config.domains.bimi_logo,
         ),
+        dkim_rotation_interval=config.domains.dkim_rotation_interval,
+        dkim_grace_period=config.domains.dkim_grace_period,
     )
 
 
@@ -147,7 +149,8 @@ class Running:
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
     sent: GroupCommitter[SentMessage, str]
-    # The periodic DNS re-check of hosted domains (service/domains.py), in the parent process only.
+    # The periodic DNS re-check of hosted domains and their DKIM rotations (service/domains.py),
+    # in the parent process only.
     rechecks: asyncio.Task[None] | None = None
 
 
@@ -408,7 +411,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     rechecks = None
-    if not child and config.domains.recheck_interval > 0:
+    if not child:  # DNS re-checks (unless recheck_interval is 0) and DKIM rotation steps
         rechecks = asyncio.create_task(domain_service.run_rechecks(ctx, config.domains.recheck_interval))
     return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks)
 

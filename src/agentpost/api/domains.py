@@ -66,6 +66,20 @@ async def verify_domain(ctx: Ctx, who: Who, domain_id: str) -> schemas.Domain:
     return await domains.verify(ctx, who, domain_id)
 
 
+@api.post(
+    "/{domain_id}/rotate-dkim",
+    response_model=schemas.Domain,
+    response_model_exclude_none=True,
+    description="Start a DKIM key rotation: a new RSA-2048 and Ed25519 key under new selectors, listed among the "
+    "records to publish. Signing switches to them once their TXT records are seen in DNS (the periodic re-check "
+    "or a verify call looks); the old selectors stay listed for the grace period (default 7 days), so mail "
+    "signed with them still verifies, then are flagged REMOVE. While a rotation waits for its records, calling "
+    "this again changes nothing.",
+)
+async def rotate_dkim(ctx: Ctx, who: Who, domain_id: str) -> schemas.Domain:
+    return await domains.rotate(ctx, who, domain_id)
+
+
 @api.delete("/{domain_id}", status_code=204)
 async def delete_domain(ctx: Ctx, who: Who, domain_id: str) -> Response:
     await domains.delete(ctx, who, domain_id)

@@ -99,3 +99,7 @@ class Context:
     resolver: Resolver | None = None
     # What the DNS records recommended for hosted domains say (service/dnscheck.py); None: defaults.
     dns_setup: DnsSetup | None = None
+    # DKIM rotation (config domains.dkim_rotation_interval, 0: only on request, and
+    # domains.dkim_grace_period): seconds between rotations, and how long a replaced key stays published.
+    dkim_rotation_interval: float = 182 * 86400.0
+    dkim_grace_period: float = 7 * 86400.0

@@ -19,8 +19,24 @@ from typing import Final, Literal
 from agentpost.mailauth import dmarc, spf
 from agentpost.net.dns import DnsError, Resolver, to_ascii
 
-Status = Literal["MISSING", "INVALID", "VALID", "UNKNOWN"]
-Kind = Literal["mx", "spf", "dkim", "dmarc", "mta_sts", "mta_sts_host", "tls_rpt", "bimi", "ptr"]
+# REMOVE: a retired DKIM key's record that is still published.
+Status = Literal["MISSING", "INVALID", "VALID", "UNKNOWN", "REMOVE"]
+# dkim: a signing key; dkim_next: the key a rotation switches to once it is seen in DNS;
+# dkim_old: a key that stopped signing, published for the grace period; dkim_retired: to remove.
+Kind = Literal[
+    "mx",
+    "spf",
+    "dkim",
+    "dkim_next",
+    "dkim_old",
+    "dkim_retired",
+    "dmarc",
+    "mta_sts",
+    "mta_sts_host",
+    "tls_rpt",
+    "bimi",
+    "ptr",
+]
 
 # A domain is VERIFIED when these are right: mail reaches us and what we send authenticates.
 REQUIRED: Final[frozenset[str]] = frozenset({"mx", "spf", "dkim", "dmarc"})
@@ -51,7 +67,8 @@ class DnsSetup:
 
 @dataclass(frozen=True, slots=True)
 class Expected:
-    """One record to publish. ``ip`` is the sending address a PTR record is for."""
+    """One record to publish. ``ip`` is the sending address a PTR record is for; ``note`` says why
+    a record is there for a while only (DKIM rotation)."""
 
     kind: Kind
     type: str
@@ -59,6 +76,7 @@ class Expected:
     value: str
     priority: int | None = None
     ip: str = ""
+    note: str = ""
 
     @property
     def required(self) -> bool:
@@ -98,12 +116,22 @@ def spf_value(domain: str, setup: DnsSetup) -> str:
     return " ".join(["v=spf1", *terms, setup.spf_all])
 
 
-def expected(domain: str, dkim_keys: Sequence[tuple[str, str]], setup: DnsSetup) -> list[Expected]:
-    """Every record ``domain`` should publish; ``dkim_keys`` are (selector, TXT value) of the active keys."""
+def expected(
+    domain: str,
+    dkim_keys: Sequence[tuple[str, str]],
+    setup: DnsSetup,
+    rotating: Sequence[tuple[Kind, str, str, str]] = (),
+) -> list[Expected]:
+    """Every record ``domain`` should publish; ``dkim_keys`` are (selector, TXT value) of the active keys,
+    ``rotating`` (kind, selector, TXT value, note) the other keys of a DKIM rotation."""
     records = [
         Expected("mx", "MX", domain, setup.hostname, priority=10),
         Expected("spf", "TXT", domain, spf_value(domain, setup)),
         *(Expected("dkim", "TXT", f"{selector}._domainkey.{domain}", txt) for selector, txt in dkim_keys),
+        *(
+            Expected(kind, "TXT", f"{selector}._domainkey.{domain}", txt, note=note)
+            for kind, selector, txt, note in rotating
+        ),
         # RFC 9989: start at p=none (monitoring) with aggregate reports; no pct= (it is gone).
         Expected("dmarc", "TXT", f"_dmarc.{domain}", f"v=DMARC1; p=none; rua=mailto:{dmarc_report_address(domain)}"),
         Expected("mta_sts", "TXT", f"_mta-sts.{domain}", f"v=STSv1; id={mta_sts_id(mta_sts_policy(domain, setup))}"),
@@ -241,6 +269,12 @@ async def _dkim(resolver: Resolver, domain: str, record: Expected, setup: DnsSet
     return Finding("INVALID", f"a TXT record is at {record.name} but its p= is not this selector's public key")
 
 
+async def _dkim_retired(resolver: Resolver, domain: str, record: Expected, setup: DnsSetup) -> Finding:
+    if not await resolver.txt(record.name):
+        return Finding("REMOVE", "already gone from DNS: nothing left to do")
+    return Finding("REMOVE", "no message is signed with this key any more: delete the record")
+
+
 def _dmarc_records(texts: Sequence[str]) -> list[tuple[str, dmarc.DmarcRecord]]:
     return [(text, parsed) for text in texts if (parsed := dmarc.parse_record(text)) is not None]
 
@@ -350,6 +384,9 @@ _CHECKS: Final[dict[str, Callable[[Resolver, str, Expected, DnsSetup], Awaitable
     "mx": _mx,
     "spf": _spf,
     "dkim": _dkim,
+    "dkim_next": _dkim,
+    "dkim_old": _dkim,
+    "dkim_retired": _dkim_retired,
     "dmarc": _dmarc,
     "mta_sts": _mta_sts,
     "mta_sts_host": _mta_sts_host,

@@ -1,4 +1,5 @@
-"""Domain use cases: add (idempotent), list, get with the DNS records to publish, verify them, delete."""
+"""Domain use cases: add (idempotent), list, get with the DNS records to publish, verify them, delete,
+and DKIM key rotation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from agentpost.service.context import Context
 from agentpost.store import dkim_keys as dkim_store
 from agentpost.store import domains as domain_store
 from agentpost.store import events as event_store
-from agentpost.store.dkim_keys import StoredKey
+from agentpost.store.dkim_keys import ACTIVE, PENDING, RETIRED, RETIRING, KeyState, StoredKey
 from agentpost.store.pages import clamp_limit, decode_token, encode_token
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,34 @@ def dns_setup(ctx: Context) -> dnscheck.DnsSetup:
 
 
 async def expected(ctx: Context, domain_id: str, domain: str) -> list[dnscheck.Expected]:
-    """What to publish: MX, SPF, one DKIM TXT per active selector, DMARC, MTA-STS, TLS-RPT, BIMI, PTR."""
+    """What to publish: MX, SPF, one DKIM TXT per active selector (and per selector of a rotation),
+    DMARC, MTA-STS, TLS-RPT, BIMI, PTR."""
     keys = await ensure_dkim_keys(ctx, domain_id, domain)
-    return dnscheck.expected(domain, [(k.selector, k.public_txt) for k in keys], dns_setup(ctx))
+    async with ctx.db.read() as conn:
+        states = await dkim_store.states(conn, domain_id)
+    rotating = _rotating(states, timedelta(seconds=ctx.dkim_grace_period))
+    return dnscheck.expected(domain, [(k.selector, k.public_txt) for k in keys], dns_setup(ctx), rotating)
+
+
+# A retired key's record is listed (to remove) for this long after the key retired.
+RETIRED_LISTED = timedelta(days=30)
+
+
+def _rotating(states: list[KeyState], grace: timedelta) -> list[tuple[dnscheck.Kind, str, str, str]]:
+    now = utcnow()
+    rotating: list[tuple[dnscheck.Kind, str, str, str]] = []
+    for k in states:
+        if k.status == PENDING:
+            note = "next key: signing switches to it once this record is seen in DNS"
+            rotating.append(("dkim_next", k.selector, k.public_txt, note))
+        elif k.status == RETIRING and k.retiring_at is not None:
+            until = f"{k.retiring_at + grace:%Y-%m-%d %H:%M} UTC"
+            note = f"previous key, no longer signing: keep it until {until} so mail signed with it verifies"
+            rotating.append(("dkim_old", k.selector, k.public_txt, note))
+        elif k.status == RETIRED and k.retired_at is not None and k.retired_at > now - RETIRED_LISTED:
+            note = f"retired on {k.retired_at:%Y-%m-%d}: delete this record"
+            rotating.append(("dkim_retired", k.selector, k.public_txt, note))
+    return rotating
 
 
 NOT_CHECKED = "not checked yet: POST /v0/domains/{domain_id}/verify or `agentpost domain verify`"
@@ -123,6 +149,9 @@ def _with_status(
     result = []
     for e in wanted:
         found = checked.get((e.type, e.name, e.value))
+        if e.kind == "dkim_retired" and (found is None or found["status"] != "REMOVE"):
+            found = {"status": "REMOVE", "reason": "delete the record"}  # not checked since it retired
+        reason = found["reason"] if found else NOT_CHECKED.format(domain_id=domain_id)
         result.append(
             schemas.VerificationRecord(
                 type=e.type,
@@ -130,7 +159,7 @@ def _with_status(
                 value=e.value,
                 priority=e.priority,
                 status=found["status"] if found else "MISSING",
-                reason=found["reason"] if found else NOT_CHECKED.format(domain_id=domain_id),
+                reason=f"{e.note}; {reason}" if e.note else reason,
             )
         )
     return result
@@ -155,6 +184,7 @@ async def check(ctx: Context, row: Any) -> schemas.Domain:
     """
     if ctx.resolver is None:
         raise BadRequest("no DNS resolver is configured on this server")
+    await advance_rotation(ctx, row.id, row.domain)
     setup = dns_setup(ctx)
     wanted = await expected(ctx, row.id, row.domain)
     findings = await dnscheck.check(ctx.resolver, row.domain, wanted, setup)
@@ -199,15 +229,133 @@ async def recheck_due(ctx: Context, interval: float, limit: int = 50) -> int:
 
 
 async def run_rechecks(ctx: Context, interval: float, *, poll: float = 60.0) -> None:
-    """Forever: re-check every checked domain once per ``interval`` seconds (serve runs it as a task)."""
+    """Forever: re-check every checked domain once per ``interval`` seconds (0: never) and take the
+    due steps of DKIM rotations (serve runs it as a task)."""
     while True:
         try:
-            await recheck_due(ctx, interval)
+            if interval > 0:
+                await recheck_due(ctx, interval)
+            await rotations_due(ctx)
         except asyncio.CancelledError:
             raise
         except Exception:  # one bad pass must not end the re-checks
             log.exception("domain re-check failed")
-        await asyncio.sleep(min(poll, interval))
+        await asyncio.sleep(min(poll, interval) if interval > 0 else poll)
+
+
+# --------------------------------------------------------------------------- DKIM rotation
+#
+# A rotation creates a new generation of keys (RSA-2048 and Ed25519, fresh selectors) as pending:
+# listed among the records to publish, not signing. Once every pending key's TXT record is seen
+# in DNS, one transaction makes them active (signing) and the previous ones retiring: still
+# listed, so messages signed just before the switch (queued, retried, or read days later) verify.
+# After the grace period they are retired and their records flagged for removal. Signing uses
+# active keys only, and a key signs only once its record is published: no message ever carries a
+# signature that cannot be verified.
+
+
+async def rotate(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
+    """Start a DKIM rotation (a no-op while one is waiting for its records); the domain with its records."""
+    who.require_org()
+    who.require("domain_update")
+    async with ctx.db.read() as conn:
+        row = await domain_store.get_row(conn, who.organization_id, domain_id)
+    if row is None:
+        raise NotFound("domain not found")
+    await start_rotation(ctx, row.id, row.domain)
+    return domain_store.to_domain(row, await records(ctx, row))
+
+
+async def start_rotation(ctx: Context, domain_id: str, domain: str) -> list[str]:
+    """Create the pending keys of a rotation; the selectors pending (those already waiting, if any)."""
+    await ensure_dkim_keys(ctx, domain_id, domain)  # a rotation starts from signing keys
+    async with ctx.db.read() as conn:
+        states = await dkim_store.states(conn, domain_id)
+    if waiting := [k.selector for k in states if k.status == PENDING]:
+        return waiting
+    taken = {k.selector for k in states}
+    stamp = utcnow().strftime("%Y%m%d")
+    n = 1
+    while f"ap{stamp}{n}r" in taken or f"ap{stamp}{n}e" in taken:
+        n += 1
+    generated = await asyncio.to_thread(
+        lambda: [
+            dkim.generate_key(domain, f"ap{stamp}{n}r", dkim.RSA_SHA256),  # never below MIN_RSA_BITS
+            dkim.generate_key(domain, f"ap{stamp}{n}e", dkim.ED25519_SHA256),
+        ]
+    )
+    async with ctx.db.write() as conn:
+        if await domain_store.lock_row(conn, domain_id) is None:
+            raise NotFound("domain not found")
+        current = await dkim_store.states(conn, domain_id)
+        if waiting := [k.selector for k in current if k.status == PENDING]:  # another request won the race
+            return waiting
+        for key in generated:
+            sealed = ctx.sealer.seal(key.private_pem.decode())
+            await dkim_store.add(conn, domain_id, key.selector, key.algorithm, sealed, key.dns_txt(), status=PENDING)
+    selectors = [key.selector for key in generated]
+    log.info("domain %s: DKIM rotation started; publish selectors %s", domain, ", ".join(selectors))
+    return selectors
+
+
+async def advance_rotation(ctx: Context, domain_id: str, domain: str) -> list[str]:
+    """Take the due rotation steps of one domain; what was done, e.g. ["switched", "retired"].
+
+    Pending keys all seen in DNS -> they sign, the old ones retire; retiring keys past the grace
+    period -> retired; keys signing for longer than the rotation interval -> a new rotation.
+    """
+    now = utcnow()
+    done: list[str] = []
+    async with ctx.db.read() as conn:
+        states = await dkim_store.states(conn, domain_id)
+    pending = [k for k in states if k.status == PENDING]
+    if pending and ctx.resolver is not None:
+        wanted = [
+            dnscheck.Expected("dkim_next", "TXT", f"{k.selector}._domainkey.{domain}", k.public_txt) for k in pending
+        ]
+        findings = await dnscheck.check(ctx.resolver, domain, wanted, dns_setup(ctx))
+        if all(f.status == "VALID" for f in findings):
+            async with ctx.db.write() as conn:
+                await domain_store.lock_row(conn, domain_id)
+                if {k.selector for k in await dkim_store.states(conn, domain_id) if k.status == PENDING} == {
+                    k.selector for k in pending
+                }:
+                    await dkim_store.switch(conn, domain_id, now)
+                    done.append("switched")
+            if done:
+                log.info("domain %s: DKIM signing switched to %s", domain, ", ".join(k.selector for k in pending))
+    grace = timedelta(seconds=ctx.dkim_grace_period)
+    if any(k.status == RETIRING and k.retiring_at is not None and k.retiring_at < now - grace for k in states):
+        async with ctx.db.write() as conn:
+            retired = await dkim_store.retire(conn, domain_id, now - grace, now)
+        if retired:
+            done.append("retired")
+            log.info("domain %s: %d old DKIM key(s) retired; their records may be removed", domain, retired)
+    signing = [k.activated_at or k.created_at for k in states if k.status == ACTIVE]
+    interval = ctx.dkim_rotation_interval
+    if not pending and signing and interval > 0 and min(signing) < now - timedelta(seconds=interval):
+        await start_rotation(ctx, domain_id, domain)
+        done.append("started")
+    return done
+
+
+async def rotations_due(ctx: Context, limit: int = 500) -> int:
+    """Advance the DKIM rotations that have a step due; returns how many domains were looked at."""
+    now = utcnow()
+    interval = ctx.dkim_rotation_interval
+    async with ctx.db.read() as conn:
+        due = await dkim_store.rotation_due(
+            conn,
+            now - timedelta(seconds=ctx.dkim_grace_period),
+            now - timedelta(seconds=interval) if interval > 0 else None,
+            limit,
+        )
+    for domain_id, domain in due:
+        try:
+            await advance_rotation(ctx, domain_id, domain)
+        except NotFound:
+            continue  # deleted meanwhile
+    return len(due)
 
 
 async def mta_sts_policy(ctx: Context, host: str) -> str:
@@ -316,7 +464,10 @@ def zone_file(domain: schemas.Domain) -> str:
         value = _txt_strings(r.value) if r.type == "TXT" else f"{r.value}."
         prio = f"{r.priority} " if r.priority is not None else ""
         line = f"{r.name}.\t3600\tIN\t{r.type}\t{prio}{value}"
-        if r.type == "PTR":
+        if r.status == "REMOVE":
+            lines.append("; a retired DKIM key: delete this record")
+            line = "; " + line
+        elif r.type == "PTR":
             lines.append("; in the reverse zone, set by whoever runs the sending address:")
             line = "; " + line
         lines.append(line)

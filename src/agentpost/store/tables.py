@@ -94,8 +94,13 @@ dkim_keys = sa.Table(
     sa.Column("algorithm", sa.String(20), nullable=False),  # rsa-sha256 | ed25519-sha256
     sa.Column("private_enc", sa.Text, nullable=False),
     sa.Column("public_txt", sa.Text, nullable=False),
-    sa.Column("status", sa.String(10), nullable=False),  # active | retired
+    # pending (published, not signing) -> active (signing) -> retiring (published for the grace
+    # period, not signing) -> retired (its record to be removed); service/domains.py moves them.
+    sa.Column("status", sa.String(10), nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("activated_at", TS, nullable=True),
+    sa.Column("retiring_at", TS, nullable=True),
+    sa.Column("retired_at", TS, nullable=True),
     sa.UniqueConstraint("domain_id", "selector"),
 )
 
