@@ -19,6 +19,18 @@
 # agentpost: says 250 only after the message is committed to its store, so elapsed = the wall
 # time of smtp-source. Afterwards the stored message count must equal the number sent.
 #
+# Sender authentication (issue 4): agentpost checks SPF, DKIM and DMARC on every message, as it
+# would for a remote MTA: AGENTPOST_MX_TRUSTED_NETWORKS="" takes loopback out of the trusted
+# networks, and [dns] servers is a private NSD serving bench.test: SPF authorising exactly the
+# address smtp-source connects from (127.0.0.6), DMARC p=reject, and two DKIM keys. smtp-source
+# writes "From: <sender@bench.test>", so DMARC is evaluated on bench.test and passes through the
+# aligned SPF pass. With --signed, both servers get the same pre-built message instead (smtp-source
+# -F): the same payload, DKIM-signed with an RSA-2048 and an Ed25519 key, so agentpost verifies
+# two signatures per message too (the file has no Message-ID: smtp-source sends it verbatim).
+# Before timing, a few messages warm agentpost's DNS cache; afterwards every stored message must
+# have auth.verdict "pass". Postfix checks nothing. --no-auth runs agentpost as in the
+# foundation issue (loopback trusted: no checks).
+#
 # Rounds alternate (postfix, agentpost, postfix, agentpost, ...) so slow drifts of the machine
 # hit both sides alike; the ratio is taken per round and its median reported.
 #
@@ -90,22 +102,50 @@ def port_on(ip: str, preferred: int) -> int:
     raise BenchError(f"no free port on {ip}")
 
 
-def smtp_source_cmd(args: argparse.Namespace, ip: str, port: int) -> list[str]:
-    return [SMTP_SOURCE, "-s", str(args.sessions), "-m", str(args.messages),
-            "-l", str(args.size), "-f", SENDER, "-t", RECIPIENT, f"{ip}:{port}"]
+def smtp_source_cmd(args: argparse.Namespace, ip: str, port: int, messages: int | None = None,
+                    sessions: int | None = None) -> list[str]:
+    body = ["-F", str(args.message_file)] if args.message_file else ["-l", str(args.size)]
+    return [SMTP_SOURCE, "-s", str(sessions or args.sessions), "-m", str(messages or args.messages),
+            *body, "-f", SENDER, "-t", RECIPIENT, f"{ip}:{port}"]
+
+
+# -- DKIM ----------------------------------------------------------------------------------------
+
+def dkim_keys() -> list[object]:
+    from agentpost.mailauth.dkim import ED25519_SHA256, RSA_SHA256, generate_key
+    return [generate_key(DOMAIN, "benchr", RSA_SHA256), generate_key(DOMAIN, "benche", ED25519_SHA256)]
+
+
+def zone_txt(value: str) -> str:
+    """A TXT value as quoted strings of at most 255 octets (an RSA-2048 key needs two)."""
+    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+
+
+def write_signed_message(path: Path, keys: list[object], size: int) -> None:
+    """smtp-source's message (From, To, Date, a payload of `size` bytes of "X" lines), signed with
+    every key; LF line ends, as smtp-source -F sends each line followed by CRLF."""
+    from agentpost.mailauth.dkim import DkimSigner
+    line = "X" * 78
+    payload = [line] * (size // 80) + (["X" * (size % 80)] if size % 80 else [])
+    raw = ("\r\n".join([f"From: <{SENDER}>", f"To: <{RECIPIENT}>",
+                         f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}",
+                         "Subject: bench", "", *payload]) + "\r\n").encode()
+    signed = DkimSigner(keys).sign(raw) + raw  # type: ignore[arg-type]
+    path.write_bytes(signed.replace(b"\r\n", b"\n"))
 
 
 # -- DNS -----------------------------------------------------------------------------------------
 
 class Nsd:
-    """NSD serving bench.test on a loopback port, so agentpost's SPF/DMARC lookups get fast real
-    answers (SPF pass for 127/8, DMARC p=none) instead of timing out against an unreachable
-    resolver: the bench measures the MX, not DNS timeouts. Postfix does no such checks here."""
+    """NSD serving bench.test on a loopback port, so agentpost's SPF/DKIM/DMARC lookups get fast
+    real answers (SPF pass for smtp-source's address only, DMARC p=reject, the DKIM keys) instead
+    of timing out against an unreachable resolver. Postfix does no such checks here."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: list[object]) -> None:
         self.port = 0
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.keys = keys
 
     def start(self) -> Nsd:
         nsd = shutil.which("nsd", path="/usr/sbin:/usr/bin")
@@ -113,6 +153,8 @@ class Nsd:
             raise RuntimeError("nsd not installed (scripts/install-test-deps.sh)")
         self.dir = d = Path(tempfile.mkdtemp(prefix="agentpost-bench-nsd-"))
         self.port = port_on(DNS_IP, 0)
+        dkim = "".join(f"{k.dns_name}. IN TXT {zone_txt(k.dns_txt())}\n"  # type: ignore[attr-defined]
+                       for k in self.keys)
         (d / "bench.test.zone").write_text(
             "$ORIGIN bench.test.\n$TTL 3600\n"
             "@ IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 60\n"
@@ -120,8 +162,8 @@ class Nsd:
             "ns IN A 127.0.0.1\n"
             f"mx IN A {AGENTPOST_IP}\n"
             "@ IN MX 10 mx.bench.test.\n"
-            '@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"\n'
-            '_dmarc IN TXT "v=DMARC1; p=none"\n')
+            f'@ IN TXT "v=spf1 ip4:{AGENTPOST_IP} -all"\n'  # the client address smtp-source gets
+            '_dmarc IN TXT "v=DMARC1; p=reject"\n' + dkim)
         # Reverse names for the loopback client addresses smtp-source connects from.
         (d / "127.zone").write_text(
             "$ORIGIN 127.in-addr.arpa.\n$TTL 3600\n"
@@ -314,6 +356,20 @@ def wait_smtp_banner(ip: str, port: int, proc: subprocess.Popen[bytes], timeout:
         time.sleep(0.1)
 
 
+def auth_verdicts(datadir: Path) -> dict[str, int]:
+    """Stored messages per auth.verdict (SQLite default store); {} when there is no SQLite file."""
+    db = datadir / "agentpost.db"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = con.execute("SELECT coalesce(json_extract(auth, '$.verdict'), 'none'), count(*) "
+                           "FROM messages GROUP BY 1").fetchall()
+    finally:
+        con.close()
+    return {str(v): int(n) for v, n in rows}
+
+
 def stored_messages(datadir: Path, env: dict[str, str]) -> int:
     """Row count of the messages table (SQLite default store), else parsed `agentpost status`."""
     db = datadir / "agentpost.db"
@@ -361,12 +417,26 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
                      "AGENTPOST_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
         if dns_port:
             serve_env["AGENTPOST_DNS_SERVERS"] = f"{DNS_IP}:{dns_port}"
+        if args.auth:
+            # Check smtp-source's loopback address like a remote MTA (loopback is trusted by default).
+            serve_env["AGENTPOST_MX_AUTHENTICATE"] = "true"
+            serve_env["AGENTPOST_MX_TRUSTED_NETWORKS"] = ""
         with open(log, "wb") as logf:
             # Own session: a Ctrl-C at the terminal goes to us, and we stop the server cleanly.
             proc = subprocess.Popen([str(AGENTPOST), "serve"], env=serve_env, stdout=logf,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         wait_smtp_banner(AGENTPOST_IP, mx_port, proc, 60, log)
+        warm = 0
+        if args.auth and args.warm:
+            # Warm the DNS cache (SPF, DMARC, DKIM keys) before timing, as a running MX would be.
+            warm = args.warm
+            w = subprocess.run(smtp_source_cmd(args, AGENTPOST_IP, mx_port, messages=warm, sessions=2),
+                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            if w.returncode != 0:
+                raise BenchError(f"warm-up smtp-source exited {w.returncode}: "
+                                 f"{(w.stdout + w.stderr).decode(errors='replace')[-1000:]}\n"
+                                 f"--- serve log tail ---\n{log.read_text(errors='replace')[-2000:]}")
 
         sampler = RssSampler(proc.pid)
         sampler.start()
@@ -389,10 +459,14 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
         stored = stored_messages(datadir, env)
         stop_server(proc, log)
         proc = None
-        if stored != args.messages:
-            raise BenchError(f"agentpost acknowledged {args.messages} messages but stored "
+        if stored != args.messages + warm:
+            raise BenchError(f"agentpost acknowledged {args.messages + warm} messages but stored "
                              f"{stored}")
-        return Round("agentpost", args.messages / elapsed, elapsed, peak / MB)
+        verdicts = auth_verdicts(datadir)
+        note = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+        if args.auth and verdicts and set(verdicts) != {"pass"}:
+            raise BenchError(f"expected every message to pass SPF/DMARC, got verdicts: {note}")
+        return Round("agentpost", args.messages / elapsed, elapsed, peak / MB, note=f"auth: {note}")
     finally:
         if proc is not None and proc.poll() is None:
             try:
@@ -408,7 +482,7 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
 
 # -- main ----------------------------------------------------------------------------------------
 
-def summary(pf: list[Round], ap: list[Round]) -> str:
+def summary(pf: list[Round], ap: list[Round], auth: bool) -> str:
     pf_rate = statistics.median(r.rate for r in pf) if pf else float("nan")
     if not ap:
         return f"inbound: agentpost not run, postfix {pf_rate:.1f} msg/s"
@@ -416,8 +490,9 @@ def summary(pf: list[Round], ap: list[Round]) -> str:
     # Pair each agentpost round with the Postfix round just before it.
     ratio = statistics.median(a.rate / p.rate for a, p in zip(ap, pf, strict=False))
     rss = max(r.rss_mb or 0.0 for r in ap)
-    return (f"inbound: agentpost {ap_rate:.1f} msg/s, postfix {pf_rate:.1f} msg/s, "
-            f"median ratio {ratio:.2f}x (target >= 1.5x), "
+    checks = "SPF+DKIM+DMARC checked" if auth else "no sender checks"
+    return (f"inbound ({checks}): agentpost {ap_rate:.1f} msg/s, postfix {pf_rate:.1f} msg/s, "
+            f"median ratio {ratio:.2f}x (target >= {1.2 if auth else 1.5}x), "
             f"agentpost peak RSS {rss:.0f} MB (target < 300 MB)")
 
 
@@ -431,10 +506,20 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="cap per round, seconds")
     ap.add_argument("--postfix-only", action="store_true", help="skip agentpost, exit 0")
     ap.add_argument("--no-dns", action="store_true", help="do not start NSD for agentpost")
+    ap.add_argument("--no-auth", dest="auth", action="store_false",
+                    help="trust loopback: agentpost checks no sender (the foundation bench)")
+    ap.add_argument("--signed", action="store_true",
+                    help="send one DKIM-signed (RSA + Ed25519) message file to both servers")
+    ap.add_argument("--warm", type=int, default=20,
+                    help="untimed messages that warm agentpost's DNS cache first")
     ap.add_argument("--keep", action="store_true", help="keep agentpost data dirs")
     ap.add_argument("--agentpost", type=Path, default=AGENTPOST, help="agentpost executable")
     args = ap.parse_args()
     AGENTPOST = args.agentpost
+    args.message_file = None
+    if args.auth and args.no_dns:
+        print("bench/inbound: sender checks need the bench's DNS server: drop --no-dns or add --no-auth")
+        return 1
 
     if os.geteuid() != 0:
         print("bench/inbound: must run as root (private Postfix, loopback aliases)")
@@ -451,18 +536,28 @@ def main() -> int:
             unavailable = str(exc)
             print(f"bench/inbound: agentpost half skipped: {unavailable}")
 
+    keys = dkim_keys() if args.signed or (args.auth and not args.postfix_only) else []
+    if args.signed:
+        args.message_file = Path(tempfile.mkdtemp(prefix="agentpost-bench-msg-")) / "signed.eml"
+        write_signed_message(args.message_file, keys, args.size)
     nsd = None
     if not args.postfix_only and unavailable is None and not args.no_dns:
         try:
-            nsd = Nsd().start()
+            nsd = Nsd(keys).start()
         except RuntimeError as exc:
+            if args.auth:
+                print(f"bench/inbound: NSD not started ({exc}): sender checks cannot run")
+                return 1
             print(f"bench/inbound: NSD not started ({exc}); agentpost uses its default DNS")
 
     pf_rounds: list[Round] = []
     ap_rounds: list[Round] = []
     failed = False
     print(f"smtp-source: {args.sessions} sessions, {args.messages} messages of "
-          f"{args.size} bytes, one message per connection")
+          f"{args.size} bytes{' (DKIM-signed file)' if args.signed else ''}, "
+          f"one message per connection; agentpost "
+          f"{'checks SPF, DKIM and DMARC (DNS: NSD)' if args.auth else 'trusts loopback'}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     try:
         for i in range(1, args.rounds + 1):
             r = postfix_round(args)
@@ -474,16 +569,18 @@ def main() -> int:
             r = agentpost_round(args, nsd.port if nsd else None)
             ap_rounds.append(r)
             print(f"round {i} agentpost: {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s, "
-                  f"peak RSS {r.rss_mb:.0f} MB)", flush=True)
+                  f"peak RSS {r.rss_mb:.0f} MB; {r.note})", flush=True)
     except BenchError as exc:
         print(f"bench/inbound: FAILED: {exc}", flush=True)
         failed = True
     finally:
         if nsd:
             nsd.stop()
+        if args.message_file:
+            shutil.rmtree(args.message_file.parent, ignore_errors=True)
 
     if pf_rounds:
-        print(summary(pf_rounds, ap_rounds))
+        print(summary(pf_rounds, ap_rounds, args.auth))
     if failed:
         return 1
     if unavailable and not args.postfix_only:
