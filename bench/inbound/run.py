@@ -102,39 +102,65 @@ def port_on(ip: str, preferred: int) -> int:
     raise BenchError(f"no free port on {ip}")
 
 
-def smtp_source_cmd(args: argparse.Namespace, ip: str, port: int, messages: int | None = None,
-                    sessions: int | None = None) -> list[str]:
+def smtp_source_cmd(
+    args: argparse.Namespace, ip: str, port: int, messages: int | None = None, sessions: int | None = None
+) -> list[str]:
     body = ["-F", str(args.message_file)] if args.message_file else ["-l", str(args.size)]
-    return [SMTP_SOURCE, "-s", str(sessions or args.sessions), "-m", str(messages or args.messages),
-            *body, "-f", SENDER, "-t", RECIPIENT, f"{ip}:{port}"]
+    return [
+        SMTP_SOURCE,
+        "-s",
+        str(sessions or args.sessions),
+        "-m",
+        str(messages or args.messages),
+        *body,
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        f"{ip}:{port}",
+    ]
 
 
 # -- DKIM ----------------------------------------------------------------------------------------
 
+
 def dkim_keys() -> list[object]:
     from agentpost.mailauth.dkim import ED25519_SHA256, RSA_SHA256, generate_key
+
     return [generate_key(DOMAIN, "benchr", RSA_SHA256), generate_key(DOMAIN, "benche", ED25519_SHA256)]
 
 
 def zone_txt(value: str) -> str:
     """A TXT value as quoted strings of at most 255 octets (an RSA-2048 key needs two)."""
-    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+    return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
 
 
 def write_signed_message(path: Path, keys: list[object], size: int) -> None:
     """smtp-source's message (From, To, Date, a payload of `size` bytes of "X" lines), signed with
     every key; LF line ends, as smtp-source -F sends each line followed by CRLF."""
     from agentpost.mailauth.dkim import DkimSigner
+
     line = "X" * 78
     payload = [line] * (size // 80) + (["X" * (size % 80)] if size % 80 else [])
-    raw = ("\r\n".join([f"From: <{SENDER}>", f"To: <{RECIPIENT}>",
-                         f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}",
-                         "Subject: bench", "", *payload]) + "\r\n").encode()
+    raw = (
+        "\r\n".join(
+            [
+                f"From: <{SENDER}>",
+                f"To: <{RECIPIENT}>",
+                f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}",
+                "Subject: bench",
+                "",
+                *payload,
+            ]
+        )
+        + "\r\n"
+    ).encode()
     signed = DkimSigner(keys).sign(raw) + raw  # type: ignore[arg-type]
     path.write_bytes(signed.replace(b"\r\n", b"\n"))
 
 
 # -- DNS -----------------------------------------------------------------------------------------
+
 
 class Nsd:
     """NSD serving bench.test on a loopback port, so agentpost's SPF/DKIM/DMARC lookups get fast
@@ -153,8 +179,10 @@ class Nsd:
             raise RuntimeError("nsd not installed (scripts/install-test-deps.sh)")
         self.dir = d = Path(tempfile.mkdtemp(prefix="agentpost-bench-nsd-"))
         self.port = port_on(DNS_IP, 0)
-        dkim = "".join(f"{k.dns_name}. IN TXT {zone_txt(k.dns_txt())}\n"  # type: ignore[attr-defined]
-                       for k in self.keys)
+        dkim = "".join(
+            f"{k.dns_name}. IN TXT {zone_txt(k.dns_txt())}\n"  # type: ignore[attr-defined]
+            for k in self.keys
+        )
         (d / "bench.test.zone").write_text(
             "$ORIGIN bench.test.\n$TTL 3600\n"
             "@ IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 60\n"
@@ -163,7 +191,8 @@ class Nsd:
             f"mx IN A {AGENTPOST_IP}\n"
             "@ IN MX 10 mx.bench.test.\n"
             f'@ IN TXT "v=spf1 ip4:{AGENTPOST_IP} -all"\n'  # the client address smtp-source gets
-            '_dmarc IN TXT "v=DMARC1; p=reject"\n' + dkim)
+            '_dmarc IN TXT "v=DMARC1; p=reject"\n' + dkim
+        )
         # Reverse names for the loopback client addresses smtp-source connects from.
         (d / "127.zone").write_text(
             "$ORIGIN 127.in-addr.arpa.\n$TTL 3600\n"
@@ -171,7 +200,8 @@ class Nsd:
             "@ IN NS ns.bench.test.\n"
             "1.0.0 IN PTR localhost.\n"
             f"5.0.0 IN PTR mx.{DOMAIN}.\n"
-            f"6.0.0 IN PTR mx.{DOMAIN}.\n")
+            f"6.0.0 IN PTR mx.{DOMAIN}.\n"
+        )
         (d / "nsd.conf").write_text(f"""\
 server:
     ip-address: {DNS_IP}@{self.port}
@@ -198,9 +228,12 @@ zone:
     zonefile: "127.zone"
 """)
         # -d: foreground, so we own the process and can stop it by PID.
-        self.proc = subprocess.Popen([nsd, "-d", "-c", str(d / "nsd.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [nsd, "-d", "-c", str(d / "nsd.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while "nsd started" not in self._log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -232,6 +265,7 @@ zone:
 
 # -- Postfix -------------------------------------------------------------------------------------
 
+
 def settle() -> None:
     """Flush dirty pages before a timed run, so neither peer pays for the other's writeback
     (Postfix leaves 5,000 Maildir files behind; agentpost its database)."""
@@ -247,8 +281,7 @@ def postfix_round(args: argparse.Namespace) -> Round:
         cmd = smtp_source_cmd(args, *pf.address)
         settle()
         t0 = time.monotonic()
-        src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL)
+        src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         n = 0
         done_at = None
         while time.monotonic() - t0 < args.timeout:
@@ -265,23 +298,26 @@ def postfix_round(args: argparse.Namespace) -> Round:
             src.kill()
             out, err = src.communicate()
         if src.returncode != 0:
-            raise BenchError(f"smtp-source against Postfix exited {src.returncode}: "
-                             f"{(out + err).decode(errors='replace')[-1000:]}")
+            raise BenchError(
+                f"smtp-source against Postfix exited {src.returncode}: {(out + err).decode(errors='replace')[-1000:]}"
+            )
         if done_at is None:
-            raise BenchError(f"Postfix delivered {n}/{args.messages} messages within "
-                             f"{args.timeout:.0f} s\n--- maillog tail ---\n"
-                             f"{pf.log_text()[-3000:]}")
+            raise BenchError(
+                f"Postfix delivered {n}/{args.messages} messages within "
+                f"{args.timeout:.0f} s\n--- maillog tail ---\n"
+                f"{pf.log_text()[-3000:]}"
+            )
         elapsed = done_at - t0
         return Round("postfix", args.messages / elapsed, elapsed)
 
 
 # -- agentpost -----------------------------------------------------------------------------------
 
+
 def check_agentpost_cli() -> None:
     if not AGENTPOST.exists():
         raise AgentpostUnavailable(f"{AGENTPOST} does not exist (pip install -e '.[dev]')")
-    r = subprocess.run([str(AGENTPOST), "--help"], capture_output=True, text=True, timeout=60,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run([str(AGENTPOST), "--help"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise AgentpostUnavailable(f"`agentpost --help` exited {r.returncode}: {last[0]}")
@@ -293,12 +329,14 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         import psutil  # only the agentpost half needs it (dev extra)
+
         self.proc = psutil.Process(pid)
         self.peak = 0
         self._done = threading.Event()
 
     def run(self) -> None:
         import psutil
+
         while not self._done.is_set():
             try:
                 total = self.proc.memory_info().rss
@@ -328,21 +366,21 @@ class RssSampler(threading.Thread):
 
 
 def run_cli(env: dict[str, str], *argv: str) -> str:
-    r = subprocess.run([str(AGENTPOST), *argv], env=env, capture_output=True, text=True,
-                       timeout=120, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [str(AGENTPOST), *argv], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
     if r.returncode != 0:
-        raise BenchError(f"`agentpost {' '.join(argv)}` exited {r.returncode}:\n"
-                         f"{r.stdout[-1500:]}{r.stderr[-1500:]}")
+        raise BenchError(f"`agentpost {' '.join(argv)}` exited {r.returncode}:\n{r.stdout[-1500:]}{r.stderr[-1500:]}")
     return r.stdout
 
 
-def wait_smtp_banner(ip: str, port: int, proc: subprocess.Popen[bytes], timeout: float,
-                     log: Path) -> None:
+def wait_smtp_banner(ip: str, port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise BenchError(f"agentpost serve exited {proc.returncode} before listening:\n"
-                             f"{log.read_text(errors='replace')[-3000:]}")
+            raise BenchError(
+                f"agentpost serve exited {proc.returncode} before listening:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with socket.create_connection((ip, port), timeout=2) as s:
                 if s.recv(512).startswith(b"220"):
@@ -351,8 +389,10 @@ def wait_smtp_banner(ip: str, port: int, proc: subprocess.Popen[bytes], timeout:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise BenchError(f"agentpost MX did not answer on {ip}:{port} in {timeout:.0f} s:\n"
-                             f"{log.read_text(errors='replace')[-3000:]}")
+            raise BenchError(
+                f"agentpost MX did not answer on {ip}:{port} in {timeout:.0f} s:\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.1)
 
 
@@ -363,8 +403,9 @@ def auth_verdicts(datadir: Path) -> dict[str, int]:
         return {}
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        rows = con.execute("SELECT coalesce(json_extract(auth, '$.verdict'), 'none'), count(*) "
-                           "FROM messages GROUP BY 1").fetchall()
+        rows = con.execute(
+            "SELECT coalesce(json_extract(auth, '$.verdict'), 'none'), count(*) FROM messages GROUP BY 1"
+        ).fetchall()
     finally:
         con.close()
     return {str(v): int(n) for v, n in rows}
@@ -388,8 +429,10 @@ def stored_messages(datadir: Path, env: dict[str, str]) -> int:
 
 def stop_server(proc: subprocess.Popen[bytes], log: Path) -> None:
     if proc.poll() is not None:
-        raise BenchError(f"agentpost serve died during the round (exit {proc.returncode}):\n"
-                         f"{log.read_text(errors='replace')[-3000:]}")
+        raise BenchError(
+            f"agentpost serve died during the round (exit {proc.returncode}):\n"
+            f"{log.read_text(errors='replace')[-3000:]}"
+        )
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(30)
@@ -412,9 +455,11 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
         ensure_loopback_address(AGENTPOST_IP)
         mx_port = port_on(AGENTPOST_IP, 2525)
         http_port = port_on("127.0.0.1", 0)
-        serve_env = {**env,
-                     "AGENTPOST_MX_LISTEN": f"{AGENTPOST_IP}:{mx_port}",
-                     "AGENTPOST_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
+        serve_env = {
+            **env,
+            "AGENTPOST_MX_LISTEN": f"{AGENTPOST_IP}:{mx_port}",
+            "AGENTPOST_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        }
         if dns_port:
             serve_env["AGENTPOST_DNS_SERVERS"] = f"{DNS_IP}:{dns_port}"
         if args.auth:
@@ -423,45 +468,59 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
             serve_env["AGENTPOST_MX_TRUSTED_NETWORKS"] = ""
         with open(log, "wb") as logf:
             # Own session: a Ctrl-C at the terminal goes to us, and we stop the server cleanly.
-            proc = subprocess.Popen([str(AGENTPOST), "serve"], env=serve_env, stdout=logf,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [str(AGENTPOST), "serve"],
+                env=serve_env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         wait_smtp_banner(AGENTPOST_IP, mx_port, proc, 60, log)
         warm = 0
         if args.auth and args.warm:
             # Warm the DNS cache (SPF, DMARC, DKIM keys) before timing, as a running MX would be.
             warm = args.warm
-            w = subprocess.run(smtp_source_cmd(args, AGENTPOST_IP, mx_port, messages=warm, sessions=2),
-                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            w = subprocess.run(
+                smtp_source_cmd(args, AGENTPOST_IP, mx_port, messages=warm, sessions=2),
+                capture_output=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
             if w.returncode != 0:
-                raise BenchError(f"warm-up smtp-source exited {w.returncode}: "
-                                 f"{(w.stdout + w.stderr).decode(errors='replace')[-1000:]}\n"
-                                 f"--- serve log tail ---\n{log.read_text(errors='replace')[-2000:]}")
+                raise BenchError(
+                    f"warm-up smtp-source exited {w.returncode}: "
+                    f"{(w.stdout + w.stderr).decode(errors='replace')[-1000:]}\n"
+                    f"--- serve log tail ---\n{log.read_text(errors='replace')[-2000:]}"
+                )
 
         sampler = RssSampler(proc.pid)
         sampler.start()
         settle()
         t0 = time.monotonic()
         try:
-            src = subprocess.run(smtp_source_cmd(args, AGENTPOST_IP, mx_port),
-                                 capture_output=True, timeout=args.timeout,
-                                 stdin=subprocess.DEVNULL)
+            src = subprocess.run(
+                smtp_source_cmd(args, AGENTPOST_IP, mx_port),
+                capture_output=True,
+                timeout=args.timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
-            raise BenchError(f"smtp-source against agentpost took over {args.timeout:.0f} s"
-                             ) from None
+            raise BenchError(f"smtp-source against agentpost took over {args.timeout:.0f} s") from None
         elapsed = time.monotonic() - t0
         peak = sampler.finish()
         if src.returncode != 0:
-            raise BenchError(f"smtp-source against agentpost exited {src.returncode}: "
-                             f"{(src.stdout + src.stderr).decode(errors='replace')[-1000:]}\n"
-                             f"--- serve log tail ---\n{log.read_text(errors='replace')[-2000:]}")
+            raise BenchError(
+                f"smtp-source against agentpost exited {src.returncode}: "
+                f"{(src.stdout + src.stderr).decode(errors='replace')[-1000:]}\n"
+                f"--- serve log tail ---\n{log.read_text(errors='replace')[-2000:]}"
+            )
         # Count while the server still runs: 250 must mean committed, not "flushed at exit".
         stored = stored_messages(datadir, env)
         stop_server(proc, log)
         proc = None
         if stored != args.messages + warm:
-            raise BenchError(f"agentpost acknowledged {args.messages + warm} messages but stored "
-                             f"{stored}")
+            raise BenchError(f"agentpost acknowledged {args.messages + warm} messages but stored {stored}")
         verdicts = auth_verdicts(datadir)
         note = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
         if args.auth and verdicts and set(verdicts) != {"pass"}:
@@ -482,6 +541,7 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
 
 # -- main ----------------------------------------------------------------------------------------
 
+
 def summary(pf: list[Round], ap: list[Round], auth: bool) -> str:
     pf_rate = statistics.median(r.rate for r in pf) if pf else float("nan")
     if not ap:
@@ -491,9 +551,11 @@ def summary(pf: list[Round], ap: list[Round], auth: bool) -> str:
     ratio = statistics.median(a.rate / p.rate for a, p in zip(ap, pf, strict=False))
     rss = max(r.rss_mb or 0.0 for r in ap)
     checks = "SPF+DKIM+DMARC checked" if auth else "no sender checks"
-    return (f"inbound ({checks}): agentpost {ap_rate:.1f} msg/s, postfix {pf_rate:.1f} msg/s, "
-            f"median ratio {ratio:.2f}x (target >= {1.2 if auth else 1.5}x), "
-            f"agentpost peak RSS {rss:.0f} MB (target < 300 MB)")
+    return (
+        f"inbound ({checks}): agentpost {ap_rate:.1f} msg/s, postfix {pf_rate:.1f} msg/s, "
+        f"median ratio {ratio:.2f}x (target >= {1.2 if auth else 1.5}x), "
+        f"agentpost peak RSS {rss:.0f} MB (target < 300 MB)"
+    )
 
 
 def main() -> int:
@@ -506,12 +568,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="cap per round, seconds")
     ap.add_argument("--postfix-only", action="store_true", help="skip agentpost, exit 0")
     ap.add_argument("--no-dns", action="store_true", help="do not start NSD for agentpost")
-    ap.add_argument("--no-auth", dest="auth", action="store_false",
-                    help="trust loopback: agentpost checks no sender (the foundation bench)")
-    ap.add_argument("--signed", action="store_true",
-                    help="send one DKIM-signed (RSA + Ed25519) message file to both servers")
-    ap.add_argument("--warm", type=int, default=20,
-                    help="untimed messages that warm agentpost's DNS cache first")
+    ap.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_false",
+        help="trust loopback: agentpost checks no sender (the foundation bench)",
+    )
+    ap.add_argument(
+        "--signed", action="store_true", help="send one DKIM-signed (RSA + Ed25519) message file to both servers"
+    )
+    ap.add_argument("--warm", type=int, default=20, help="untimed messages that warm agentpost's DNS cache first")
     ap.add_argument("--keep", action="store_true", help="keep agentpost data dirs")
     ap.add_argument("--agentpost", type=Path, default=AGENTPOST, help="agentpost executable")
     args = ap.parse_args()
@@ -553,23 +619,29 @@ def main() -> int:
     pf_rounds: list[Round] = []
     ap_rounds: list[Round] = []
     failed = False
-    print(f"smtp-source: {args.sessions} sessions, {args.messages} messages of "
-          f"{args.size} bytes{' (DKIM-signed file)' if args.signed else ''}, "
-          f"one message per connection; agentpost "
-          f"{'checks SPF, DKIM and DMARC (DNS: NSD)' if args.auth else 'trusts loopback'}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    print(
+        f"smtp-source: {args.sessions} sessions, {args.messages} messages of "
+        f"{args.size} bytes{' (DKIM-signed file)' if args.signed else ''}, "
+        f"one message per connection; agentpost "
+        f"{'checks SPF, DKIM and DMARC (DNS: NSD)' if args.auth else 'trusts loopback'}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
+    )
     try:
         for i in range(1, args.rounds + 1):
             r = postfix_round(args)
             pf_rounds.append(r)
-            print(f"round {i} postfix:   {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s until all "
-                  f"{args.messages} in Maildir)", flush=True)
+            print(
+                f"round {i} postfix:   {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s until all {args.messages} in Maildir)",
+                flush=True,
+            )
             if args.postfix_only or unavailable:
                 continue
             r = agentpost_round(args, nsd.port if nsd else None)
             ap_rounds.append(r)
-            print(f"round {i} agentpost: {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s, "
-                  f"peak RSS {r.rss_mb:.0f} MB; {r.note})", flush=True)
+            print(
+                f"round {i} agentpost: {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s, peak RSS {r.rss_mb:.0f} MB; {r.note})",
+                flush=True,
+            )
     except BenchError as exc:
         print(f"bench/inbound: FAILED: {exc}", flush=True)
         failed = True
