@@ -8,6 +8,11 @@ from typing import Any
 
 from agentpost.outbound.outcomes import backoff
 from agentpost.store import queue
+from agentpost.store.queue import QueueItem
+
+
+async def _claim(db: Any, lease: timedelta) -> list[QueueItem]:
+    return [item for item, _ in await db.run_write(queue.claim_with_raws, 10, lease)]
 
 
 async def test_a_claim_counts_the_attempt_and_leases_the_item_so_no_one_else_claims_it(db: Any) -> None:
@@ -18,10 +23,8 @@ async def test_a_claim_counts_the_attempt_and_leases_the_item_so_no_one_else_cla
     )  # fmt: skip
     assert sorted(len(r["rcpt_to"]) for r in rows) == [1, 2]  # one item per recipient domain
     await db.run_write(queue.enqueue, rows)
-    async with db.write() as conn:
-        first = await queue.claim_due(conn, 10, timedelta(minutes=10))
-    async with db.write() as conn:
-        second = await queue.claim_due(conn, 10, timedelta(minutes=10))
+    first = await _claim(db, timedelta(minutes=10))
+    second = await _claim(db, timedelta(minutes=10))
     assert len(first) == 2 and second == []
     assert all(item.attempts == 1 for item in first)
 
@@ -39,10 +42,8 @@ async def test_a_renewed_lease_keeps_an_item_in_flight_from_being_claimed_again(
         blob_id="b2", mail_from="a@x.test", rcpt_to=["p@one.test"], smtputf8=False, lifetime=timedelta(days=5),
     )  # fmt: skip
     await db.run_write(queue.enqueue, rows)
-    async with db.write() as conn:
-        (item,) = await queue.claim_due(conn, 10, timedelta(seconds=0.5))
+    (item,) = await _claim(db, timedelta(seconds=0.5))
     async with db.write() as conn:
         await queue.renew_leases(conn, [item.id], timedelta(seconds=30))
     await asyncio.sleep(0.7)  # the first lease has run out; the renewed one has not
-    async with db.write() as conn:
-        assert await queue.claim_due(conn, 10, timedelta(seconds=30)) == []
+    assert await _claim(db, timedelta(seconds=30)) == []

@@ -165,14 +165,20 @@ def _with_status(
     return result
 
 
-async def verify(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
-    """Look the domain's records up through the configured resolver and record what was found."""
-    who.require_org()
-    who.require("domain_update")
+async def _domain_row(ctx: Context, who: Principal, domain_id: str) -> Any:
+    """The organisation's domain row by id or name, or NotFound."""
     async with ctx.db.read() as conn:
         row = await domain_store.get_row(conn, who.organization_id, domain_id)
     if row is None:
         raise NotFound("domain not found")
+    return row
+
+
+async def verify(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
+    """Look the domain's records up through the configured resolver and record what was found."""
+    who.require_org()
+    who.require("domain_update")
+    row = await _domain_row(ctx, who, domain_id)
     return await check(ctx, row)
 
 
@@ -258,10 +264,7 @@ async def rotate(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain
     """Start a DKIM rotation (a no-op while one is waiting for its records); the domain with its records."""
     who.require_org()
     who.require("domain_update")
-    async with ctx.db.read() as conn:
-        row = await domain_store.get_row(conn, who.organization_id, domain_id)
-    if row is None:
-        raise NotFound("domain not found")
+    row = await _domain_row(ctx, who, domain_id)
     await start_rotation(ctx, row.id, row.domain)
     return domain_store.to_domain(row, await records(ctx, row))
 
@@ -397,10 +400,7 @@ async def add(ctx: Context, who: Principal, req: schemas.CreateDomain) -> tuple[
 
 async def get(ctx: Context, who: Principal, domain_id: str) -> schemas.Domain:
     who.require("domain_read")
-    async with ctx.db.read() as conn:
-        row = await domain_store.get_row(conn, who.organization_id, domain_id)
-    if row is None:
-        raise NotFound("domain not found")
+    row = await _domain_row(ctx, who, domain_id)
     return domain_store.to_domain(row, await records(ctx, row))
 
 

@@ -146,8 +146,9 @@ def _item(r: Any, attempts: int) -> QueueItem:
 
 
 def claim_with_raws(conn: sa.Connection, limit: int, lease: timedelta) -> list[tuple[QueueItem, bytes | None]]:
-    """``claim_due`` and the items' raw messages in one synchronous transaction (writer thread):
-    one thread hop per claim instead of a hop per statement."""
+    """Due items, leased to this worker (on PostgreSQL rows locked by another worker are skipped),
+    with their raw messages, in one synchronous transaction (writer thread). The attempt is
+    counted before dialling."""
     rows = leases.claim_sync(
         conn,
         outbound_queue,
@@ -165,27 +166,10 @@ def claim_with_raws(conn: sa.Connection, limit: int, lease: timedelta) -> list[t
 
 
 def next_due_sync(conn: sa.Connection) -> datetime | None:
-    """``next_due`` on a synchronous connection (``Database.run_read``)."""
+    """When the earliest queued item is due (None when the queue is empty); a leased item is due
+    when its lease runs out, so items in flight do not make every poll look for work."""
     value = conn.execute(_NEXT_DUE).scalar_one_or_none()
     return value if isinstance(value, datetime) else None
-
-
-async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list[QueueItem]:
-    """Due items, leased to this worker; on PostgreSQL rows locked by another worker are skipped.
-
-    The attempt is recorded (lease taken, attempts counted) before dialling.
-    """
-    rows = await leases.claim(
-        conn,
-        outbound_queue,
-        outbound_queue.c.status == "queued",
-        limit,
-        lease,
-        attempts=outbound_queue.c.attempts + 1,
-        updated_at=utcnow(),
-    )
-    # Rows were read before the update: count this attempt in what the worker sees.
-    return [_item(r, attempts=r.attempts + 1) for r in rows]
 
 
 @dataclass(slots=True)
@@ -246,14 +230,6 @@ async def renew_leases(conn: AsyncConnection, item_ids: list[str], lease: timede
     await leases.renew(conn, outbound_queue, item_ids, lease)
 
 
-async def retire(conn: AsyncConnection, item_id: str, status: str, last_error: str | None = None) -> None:
-    await conn.execute(
-        outbound_queue.update()
-        .where(outbound_queue.c.id == item_id)
-        .values(status=status, lease_until=None, last_error=last_error, updated_at=utcnow())
-    )
-
-
 async def attempts_for(conn: AsyncConnection, message_pk: str) -> list[Any]:
     query = (
         sa.select(delivery_attempts)
@@ -261,18 +237,6 @@ async def attempts_for(conn: AsyncConnection, message_pk: str) -> list[Any]:
         .order_by(delivery_attempts.c.created_at, delivery_attempts.c.id)
     )
     return list((await conn.execute(query)).all())
-
-
-async def pending_count(conn: AsyncConnection) -> int:
-    query = sa.select(sa.func.count()).select_from(outbound_queue).where(outbound_queue.c.status == "queued")
-    return int((await conn.execute(query)).scalar_one())
-
-
-async def next_due(conn: AsyncConnection) -> datetime | None:
-    """When the earliest queued item is due (None when the queue is empty); a leased item is due
-    when its lease runs out, so items in flight do not make every poll look for work."""
-    value = (await conn.execute(_NEXT_DUE)).scalar_one_or_none()
-    return value if isinstance(value, datetime) else None
 
 
 def save_returned(conn: sa.Connection, message: NewMessage, settlement: Settlement) -> message_store.Saved:
