@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -47,6 +48,9 @@ from agentpost.store.messages import NewMessage, Saved
 from agentpost.store.queue import SentMessage
 
 log = logging.getLogger(__name__)
+
+# Allocations between young-generation collections (CPython's default is 700).
+GC_THRESHOLD = int(os.environ.get("AGENTPOST_GC_THRESHOLD", "20000"))
 
 
 class _Uvicorn(uvicorn.Server):
@@ -206,7 +210,7 @@ def authenticator(config: Config) -> Authenticator | None:
         return None
     timeout = config.dns.timeout
     resolver = CachingResolver(DnspythonResolver(config.dns.servers, timeout=timeout, lifetime=timeout))
-    return Authenticator(resolver, config.hostname, config.mx.trusted_networks)
+    return Authenticator(resolver, config.hostname, config.mx.trusted_networks, config.mx.arc_trusted_sealers)
 
 
 def local_delivery(
@@ -251,6 +255,20 @@ def spawn_mx_workers(count: int, timeout: float = 60.0) -> list[subprocess.Popen
     return workers
 
 
+def freeze_startup_heap() -> None:
+    """Move everything built at startup (modules, routes, compiled statements, the schema) out of
+    the collector's sight, and collect the young generation less often.
+
+    A full collection walks every tracked object: with the startup heap frozen it walks only what
+    requests left behind, which turned 100-300 ms pauses (the send p99) into a few ms. A larger
+    first threshold lets most per-request objects die by reference count before a collection ever
+    visits them (CPython's default of 700 allocations is tuned for much smaller programs).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
 def signal_ready(ready_fd: int | None) -> None:
     if ready_fd is not None:
         with contextlib.suppress(OSError):
@@ -290,6 +308,7 @@ async def run_mx_worker(config: Config, parent_pid: int | None = None, ready_fd:
     worker; the parent `serve` also runs migrations and the webhook worker."""
     die_with_parent(parent_pid)
     running = await start(config, child=True)
+    freeze_startup_heap()
     signal_ready(ready_fd)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -334,6 +353,9 @@ def worker_settings(config: Config) -> WorkerSettings:
             timeout=out.timeout,
             tls=out.tls,
             smarthost=relay,
+            mta_sts=out.mta_sts,
+            mta_sts_ca_file=out.mta_sts_ca_file or None,
+            mta_sts_port=out.mta_sts_port,
         ),
         policy=Policy(tuple(out.retry_schedule) or (60.0,), tuple(out.delay_notices)),
         concurrency=max(1, out.concurrency),
@@ -437,6 +459,7 @@ async def stop(running: Running) -> None:
 
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     running = await start(config)
+    freeze_startup_heap()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
