@@ -82,9 +82,10 @@ def ensure_tls(config: Config) -> tuple[Path, Path]:
     return cert, key
 
 
-class KeyEpoch:
-    """A file every process on this host watches: replaced whenever an API key stops being valid,
-    so cached key records are dropped in every process at once (service/auth.py)."""
+class DirectoryEpoch:
+    """A file every process on this host watches: replaced whenever an API key stops being valid
+    or an inbox or domain changes, so cached key records (service/auth.py) and sending facts
+    (service/sending.py) are dropped in every process at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -105,17 +106,23 @@ class KeyEpoch:
 
 
 def build_context(config: Config, db: Database, directory: Directory | None = None) -> Context:
-    epoch = KeyEpoch(config.data_path / "auth.epoch")
+    epoch = DirectoryEpoch(config.data_path / "directory.epoch")
+
+    def routing_changed() -> None:
+        if directory is not None:
+            directory.forget()
+        epoch.changed()
+
     return Context(
         db=db,
         sealer=Sealer(config.secret_key),
         bus=EventBus(),
-        routing_changed=directory.forget if directory is not None else (lambda: None),
+        routing_changed=routing_changed,
         hostname=config.hostname,
         public_url=config.public_url,
         list_unsubscribe=config.outbound.list_unsubscribe,  # List-Unsubscribe (service/unsubscribe.py)
-        auth_epoch=epoch.current,
-        auth_changed=epoch.changed,
+        directory_epoch=epoch.current,
+        directory_changed=epoch.changed,
         resolver=DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
         dns_setup=DnsSetup(
             hostname=config.hostname,
@@ -210,7 +217,7 @@ def authenticator(config: Config) -> Authenticator | None:
         return None
     timeout = config.dns.timeout
     resolver = CachingResolver(DnspythonResolver(config.dns.servers, timeout=timeout, lifetime=timeout))
-    return Authenticator(resolver, config.hostname, config.mx.trusted_networks, config.mx.arc_trusted_sealers)
+    return Authenticator(resolver, config.hostname, config.mx.trusted_networks)
 
 
 def local_delivery(
@@ -353,9 +360,6 @@ def worker_settings(config: Config) -> WorkerSettings:
             timeout=out.timeout,
             tls=out.tls,
             smarthost=relay,
-            mta_sts=out.mta_sts,
-            mta_sts_ca_file=out.mta_sts_ca_file or None,
-            mta_sts_port=out.mta_sts_port,
         ),
         policy=Policy(tuple(out.retry_schedule) or (60.0,), tuple(out.delay_notices)),
         concurrency=max(1, out.concurrency),

@@ -53,7 +53,7 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
         raise Unauthorized("missing API key", fix="Send Authorization: Bearer <api key>.")
     digest = orgs.hash_key(key.strip())
     now = time.monotonic()
-    epoch = ctx.auth_epoch()
+    epoch = ctx.directory_epoch()
     if epoch != ctx.principals_epoch:  # a key was deleted, maybe by another process
         ctx.principals.clear()
         ctx.principals_epoch = epoch
@@ -78,4 +78,4 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
 def forget_keys(ctx: Context) -> None:
     """API keys changed (deleted, or their inbox deleted): drop cached key records everywhere."""
     ctx.principals.clear()
-    ctx.auth_changed()
+    ctx.directory_changed()

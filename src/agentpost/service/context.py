@@ -20,6 +20,7 @@ from agentpost.outbound.submit import CommitSent
 from agentpost.service.dnscheck import DnsSetup
 from agentpost.store.db import Database
 from agentpost.store.orgs import KeyRecord
+from agentpost.store.sending import Sender
 
 
 class Sealer:
@@ -72,7 +73,8 @@ class Context:
     db: Database
     sealer: Sealer
     bus: EventBus
-    # Called after inboxes or domains change, so routing caches (the MX directory) refresh.
+    # Called after inboxes or domains change, so routing caches (the MX directory, and through
+    # ``directory_changed`` the sending facts of every process) refresh.
     routing_changed: Callable[[], None]
     hostname: str
     public_url: str
@@ -89,10 +91,16 @@ class Context:
     signer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # API key records by key hash, with when they were read (service/auth.py).
     principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
-    # Cross-process invalidation of ``principals`` (serve wires a file every process watches).
-    auth_epoch: Callable[[], object] = lambda: 0
-    auth_changed: Callable[[], None] = lambda: None
+    # Cross-process invalidation of ``principals`` and ``senders``/``receiving`` (serve wires a
+    # file every process watches; API keys, inboxes and domains changing replace it).
+    directory_epoch: Callable[[], object] = lambda: 0
+    directory_changed: Callable[[], None] = lambda: None
     principals_epoch: object = 0
+    # What sends know of their inbox, and whether recipient domains are hosted here, with when
+    # they were read (service/sending.py).
+    senders: dict[str, tuple[float, Sender]] = field(default_factory=dict)
+    receiving: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    sending_epoch: object = 0
     # List-Unsubscribe + one-click on API sends (config outbound.list_unsubscribe).
     list_unsubscribe: bool = True
     # The [dns] resolver: domain verification looks the published records up through it.

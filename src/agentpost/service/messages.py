@@ -18,12 +18,13 @@ from agentpost.proto import mime
 from agentpost.proto.address import Address, AddressError, parse_address
 from agentpost.proto.compose import ComposeError, Draft, OutgoingAttachment
 from agentpost.service import domains as domain_service
+from agentpost.service import sending
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
 from agentpost.service.mail import clean_labels, owned_inbox
 from agentpost.service.unsubscribe import address_tokens, with_list_unsubscribe
 from agentpost.store import events as event_store
-from agentpost.store import idempotency, sending
+from agentpost.store import idempotency
 from agentpost.store import messages as message_store
 from agentpost.store import queue as queue_store
 from agentpost.store import suppressions as suppression_store
@@ -106,23 +107,24 @@ async def _submit(
                 raise Conflict("Idempotency-Key was used with a different request")
             return schemas.SendMessageResponse(**found[1])
     recipients = _recipients(draft)
-    facts = await ctx.db.run_read(sending.facts, inbox_id, [address.key for _, address in recipients])
-    inbox = facts.inbox
-    if inbox is None or inbox.organization_id != who.organization_id:
+    facts = await sending.facts(ctx, inbox_id, [address.key for _, address in recipients])
+    if facts.sender is None or facts.sender.inbox.organization_id != who.organization_id:
         raise NotFound("inbox not found")
-    if facts.domain is None:
+    inbox = facts.sender.inbox
+    if facts.sender.domain is None:
         raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
-    domain = str(facts.domain.domain)
+    domain_row = facts.sender.domain
+    domain = str(domain_row.domain)
     local: list[str] = []
     remote: list[str] = []
     for path, address in recipients:
-        if address.domain not in facts.receiving_domains:
+        if not facts.receiving.get(address.key.rpartition("@")[2]):
             remote.append(address.addr_spec)
         elif address.key in facts.inboxes:
             local.append(address.addr_spec)
         else:
             raise Invalid(f"no inbox {address.key} here", [{"path": path, "message": "no such inbox"}])
-    signer = await domain_service.signer(ctx, facts.domain.id, domain, facts.keys)
+    signer = await domain_service.signer(ctx, domain_row.id, domain, facts.sender.keys)
     blocked = facts.suppressed
     # A suppressed address (hard bounce, complaint, unsubscribe) is never mailed again until it
     # is reactivated: it is dropped from the envelope (the headers still name it) and reported

@@ -8,15 +8,23 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentpost.store.dkim_keys import StoredKey
+from agentpost.store.prepared import Prepared
 from agentpost.store.tables import dkim_keys, domains, inboxes, suppressions
 
 
 @dataclass(frozen=True, slots=True)
-class SendingFacts:
-    inbox: Any | None  # the inbox row, None when it does not exist
+class Sender:
+    """What a send needs of its inbox: it changes seldom, so the service layer keeps it a while."""
+
+    inbox: Any  # the inbox row
     domain: Any | None  # the inbox's domain row in the inbox's organisation
     keys: list[StoredKey]  # the domain's active DKIM keys, RSA first
-    receiving_domains: set[str]  # recipient domains hosted here with inbound enabled
+
+
+@dataclass(frozen=True, slots=True)
+class SendingFacts:
+    sender: Sender | None  # None when the inbox does not exist
+    receiving: dict[str, bool]  # recipient domain -> hosted here with inbound enabled (asked ones only)
     inboxes: set[str]  # recipient keys (lowercased addresses) that are inboxes here
     suppressed: set[str]  # recipient keys suppressed for this inbox or its organisation
 
@@ -32,37 +40,59 @@ _KEYS = (
     .where(dkim_keys.c.domain_id == sa.bindparam("domain_id"), dkim_keys.c.status == "active")
     .order_by(dkim_keys.c.algorithm.desc(), dkim_keys.c.created_at)
 )
-_RECEIVING = sa.select(domains.c.domain).where(
-    domains.c.domain.in_(sa.bindparam("names", expanding=True)), domains.c.inbound_enabled.is_(True)
+# One recipient per statement: an IN list of varying length is compiled anew for each length.
+_RECEIVING = Prepared(
+    sa.select(domains.c.domain).where(
+        domains.c.domain == sa.bindparam("name"), domains.c.inbound_enabled == sa.bindparam("enabled")
+    )
 )
-_INBOXES = sa.select(inboxes.c.id).where(inboxes.c.id.in_(sa.bindparam("keys", expanding=True)))
-_SUPPRESSED = sa.select(suppressions.c.address).where(
-    suppressions.c.organization_id == sa.bindparam("organization_id"),
-    suppressions.c.scope.in_(sa.bindparam("scopes", expanding=True)),
-    suppressions.c.address.in_(sa.bindparam("keys", expanding=True)),
+_INBOX_EXISTS = Prepared(sa.select(inboxes.c.id).where(inboxes.c.id == sa.bindparam("key")))
+_SUPPRESSED = Prepared(
+    sa.select(suppressions.c.address).where(
+        suppressions.c.organization_id == sa.bindparam("organization_id"),
+        suppressions.c.scope.in_([sa.bindparam("everywhere"), sa.bindparam("inbox_id")]),
+        suppressions.c.address == sa.bindparam("key"),
+    )
 )
 
 
-def facts(conn: sa.Connection, inbox_id: str, recipient_keys: list[str]) -> SendingFacts:
-    """One read transaction (``Database.run_read``) for the whole send path: a send used to pay a
-    thread hop per statement, which cost more than the statements."""
+def sender(conn: sa.Connection, inbox_id: str) -> Sender | None:
     inbox = conn.execute(_INBOX, {"inbox_id": inbox_id.lower()}).first()
     if inbox is None:
-        return SendingFacts(None, None, [], set(), set(), set())
+        return None
     domain = conn.execute(_DOMAIN, {"organization_id": inbox.organization_id, "domain": inbox.domain}).first()
     keys: list[StoredKey] = []
     if domain is not None:
         keys = [StoredKey(*r) for r in conn.execute(_KEYS, {"domain_id": domain.id})]
-    names = sorted({key.rpartition("@")[2] for key in recipient_keys})
-    receiving: set[str] = set()
-    hosted: set[str] = set()
-    blocked: set[str] = set()
-    if names:
-        receiving = {str(r[0]) for r in conn.execute(_RECEIVING, {"names": names})}
-    local = [key for key in recipient_keys if key.rpartition("@")[2] in receiving]
-    if local:
-        hosted = {str(r[0]) for r in conn.execute(_INBOXES, {"keys": local})}
-    if recipient_keys:
-        params = {"organization_id": inbox.organization_id, "scopes": ["", inbox.id], "keys": recipient_keys}
-        blocked = {str(r[0]) for r in conn.execute(_SUPPRESSED, params)}
-    return SendingFacts(inbox, domain, keys, receiving, hosted, blocked)
+    return Sender(inbox, domain, keys)
+
+
+def facts(
+    conn: sa.Connection,
+    inbox_id: str,
+    recipient_keys: list[str],
+    known_sender: Sender | None = None,
+    known_receiving: dict[str, bool] | None = None,
+) -> SendingFacts:
+    """One read transaction (``Database.run_read``) for the whole send path: a send used to pay a
+    thread hop per statement, which cost more than the statements. What the caller already knows
+    (``known_sender``, ``known_receiving``) is not asked again."""
+    found = known_sender if known_sender is not None else sender(conn, inbox_id)
+    if found is None:
+        return SendingFacts(None, {}, set(), set())
+    receiving = dict(known_receiving or {})
+    for name in sorted({key.rpartition("@")[2] for key in recipient_keys}):
+        if name not in receiving:
+            receiving[name] = bool(_RECEIVING.rows(conn, {"name": name, "enabled": True}))
+    hosted = {
+        key
+        for key in recipient_keys
+        if receiving.get(key.rpartition("@")[2]) and _INBOX_EXISTS.rows(conn, {"key": key})
+    }
+    organization_id, inbox = found.inbox.organization_id, found.inbox.id
+    blocked = {
+        key
+        for key in recipient_keys
+        if _SUPPRESSED.rows(conn, {"organization_id": organization_id, "everywhere": "", "inbox_id": inbox, "key": key})
+    }
+    return SendingFacts(found, receiving, hosted, blocked)

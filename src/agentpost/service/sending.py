@@ -1,0 +1,50 @@
+"""What a send knows before it composes: its inbox, domain and DKIM keys, which recipients are
+hosted here, and which are suppressed; the seldom-changing part kept per process for a while."""
+
+from __future__ import annotations
+
+import time
+
+from agentpost.service.context import Context
+from agentpost.store import sending
+from agentpost.store.sending import SendingFacts
+
+# Seconds an inbox's sending facts and a domain's "hosted here" answer are reused. Every send
+# read them, and those reads were a tenth of the send path's CPU. Changes made through any
+# process on this host take effect at once (``ctx.directory_epoch``); made through another host
+# sharing the database, within this time. Suppressions are never cached: a suppressed address
+# must not be mailed again, not even for a few seconds.
+SENDING_TTL = 5.0
+_MAX_ENTRIES = 10_000
+
+
+async def facts(ctx: Context, inbox_id: str, recipient_keys: list[str]) -> SendingFacts:
+    now = time.monotonic()
+    epoch = ctx.directory_epoch()
+    if epoch != ctx.sending_epoch:
+        ctx.senders.clear()
+        ctx.receiving.clear()
+        ctx.sending_epoch = epoch
+    key = inbox_id.lower()
+    cached = ctx.senders.get(key)
+    sender = cached[1] if cached is not None and now - cached[0] < SENDING_TTL else None
+    known = {name: hosted for name, (when, hosted) in _fresh(ctx, recipient_keys, now)}
+    found = await ctx.db.run_read(sending.facts, inbox_id, recipient_keys, sender, known)
+    if len(ctx.senders) > _MAX_ENTRIES or len(ctx.receiving) > _MAX_ENTRIES:
+        ctx.senders.clear()
+        ctx.receiving.clear()
+    if found.sender is not None and sender is None:
+        ctx.senders[key] = (now, found.sender)
+    for name, hosted in found.receiving.items():
+        if name not in known:
+            ctx.receiving[name] = (now, hosted)
+    return found
+
+
+def _fresh(ctx: Context, recipient_keys: list[str], now: float) -> list[tuple[str, tuple[float, bool]]]:
+    out = []
+    for name in {key.rpartition("@")[2] for key in recipient_keys}:
+        entry = ctx.receiving.get(name)
+        if entry is not None and now - entry[0] < SENDING_TTL:
+            out.append((name, entry))
+    return out
