@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from agentpost.api.app import create_app
+from agentpost.api.send_route import SendRoute
 from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.inbound.authenticate import Authenticator
 from agentpost.inbound.checks import Directory, RateLimiter, Route
@@ -392,7 +393,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(
         uvicorn.Config(
-            create_app(ctx),
+            SendRoute(create_app(ctx), ctx),  # the send call skips FastAPI's per-request cost
             host=http_host,
             port=http_port,
             log_level="warning",
