@@ -193,6 +193,14 @@ class Settlement:
     )  # org, scope, address, reason, reply
 
 
+_RETIRE = (
+    outbound_queue.update()
+    .where(outbound_queue.c.id == sa.bindparam("item_id"))
+    .values(lease_until=None, status=sa.bindparam("status"))
+)
+_RETRY = outbound_queue.update().where(outbound_queue.c.id == sa.bindparam("item_id")).values(lease_until=None)
+
+
 def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
     """Write delivery outcomes in the caller's one transaction (writer thread)."""
     now = utcnow()
@@ -215,14 +223,29 @@ def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
             key = {"organization_id": org, "scope": scope, "address": address.lower()}
             conn.execute(suppressions.delete().where(*(getattr(suppressions.c, k) == v for k, v in key.items())))
             conn.execute(suppressions.insert().values(**key, reason=reason, reply=reply, created_at=now))
-        if s.item_id is None:
-            continue
-        values: dict[str, Any] = {"lease_until": None, "last_error": s.last_error, "updated_at": now}
-        if s.status == "queued":
-            values |= {"rcpt_to": s.rcpt_to, "next_attempt_at": s.next_attempt_at, "delay_notices": s.delay_notices}
-        else:
-            values["status"] = s.status
-        conn.execute(outbound_queue.update().where(outbound_queue.c.id == s.item_id).values(**values))
+    # One executemany per kind of change, with statements built once: building an UPDATE per
+    # item cost more than SQLite running it.
+    final = [
+        {"item_id": s.item_id, "status": s.status, "last_error": s.last_error, "updated_at": now}
+        for s in batch
+        if s.item_id is not None and s.status != "queued"
+    ]
+    again = [
+        {
+            "item_id": s.item_id,
+            "last_error": s.last_error,
+            "updated_at": now,
+            "rcpt_to": s.rcpt_to,
+            "next_attempt_at": s.next_attempt_at,
+            "delay_notices": s.delay_notices,
+        }
+        for s in batch
+        if s.item_id is not None and s.status == "queued"
+    ]
+    if final:
+        conn.execute(_RETIRE, final)
+    if again:
+        conn.execute(_RETRY, again)
     return [None] * len(batch)
 
 
