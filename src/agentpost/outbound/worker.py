@@ -62,8 +62,11 @@ class OutboundWorker:
         self.deliver_local = deliver_local
         self.pool = ConnectionPool(per_host=settings.per_host)
         self.mx_cache = MxCache()
+        # Outcomes and claims commit without an fsync (Database.run_write): losing one to a power
+        # failure means a repeat delivery attempt, never a lost message, and the fsync per
+        # commit was what capped delivery throughput on one SQLite writer.
         self.results: GroupCommitter[Settlement, None] = GroupCommitter(
-            db, queue.settle, 512, bus.published, name="outbound-results"
+            db, queue.settle, 512, bus.published, name="outbound-results", durable=False
         )
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -116,7 +119,9 @@ class OutboundWorker:
         if self.settings.claim_linger:
             await asyncio.sleep(self.settings.claim_linger)
         free = self.settings.concurrency - len(self._inflight)
-        claimed = await self.db.run_write(queue.claim_with_raws, free, timedelta(seconds=self.settings.lease))
+        claimed = await self.db.run_write(
+            queue.claim_with_raws, free, timedelta(seconds=self.settings.lease), durable=False
+        )
         for item, raw in claimed:
             self._held.add(item.id)
             task = asyncio.create_task(self._process(item, raw))

@@ -136,11 +136,26 @@ class Database:
             self._sync_engine = engine
         return self._sync_engine
 
-    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], durable: bool = True) -> T:
         with self._cross_process_write_lock(), self._sync().connect() as conn:
             conn = conn.execution_options(writer=True)
-            with conn.begin():
-                return fn(conn, *args)
+            if durable or not self.is_sqlite:
+                with conn.begin():
+                    if not durable:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    return fn(conn, *args)
+            # SQLite WAL with synchronous=NORMAL: the commit is atomic and survives a process
+            # crash, only an OS crash or power loss may take it back (the next FULL commit's fsync
+            # covers it too). The setting is per connection: put FULL back for the next writer.
+            # On the driver's connection: through SQLAlchemy the PRAGMA would open the transaction.
+            pragma = conn.connection.cursor()
+            pragma.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    return fn(conn, *args)
+            finally:
+                pragma.execute("PRAGMA synchronous=FULL")
+                pragma.close()
 
     @contextmanager
     def _cross_process_write_lock(self) -> Iterator[None]:
@@ -158,13 +173,21 @@ class Database:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(connection, *args)`` as one read-write transaction in the writer thread."""
+    async def run_write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """Run ``fn(connection, *args)`` as one read-write transaction in the writer thread.
+
+        ``durable=False`` commits without waiting for the disk (no fsync on SQLite,
+        ``synchronous_commit = off`` on PostgreSQL): still atomic, and it survives a crash of
+        our process, but an OS crash or power loss may undo it. Only for writes nobody has been
+        promised, whose loss costs a repeat, never data: a queue item's lease, a delivery's
+        outcome (the item would be delivered again). Anything acknowledged to a client (a 250
+        at the MX, an API send's answer) is committed durably.
+        """
         loop = asyncio.get_running_loop()
         if self._write_lock is not None:
             async with self._write_lock:
-                return await loop.run_in_executor(self._writer, self._run_sync, fn, args)
-        return await loop.run_in_executor(self._writer, self._run_sync, fn, args)
+                return await loop.run_in_executor(self._writer, self._run_sync, fn, args, durable)
+        return await loop.run_in_executor(self._writer, self._run_sync, fn, args, durable)
 
     def _run_read_sync(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._read_engine is None:

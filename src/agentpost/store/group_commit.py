@@ -43,6 +43,7 @@ class GroupCommitter(Generic[P, R]):
         on_commit: Callable[[], None] = lambda: None,
         linger: float = 0.0,
         name: str = "group-committer",
+        durable: bool = True,
     ) -> None:
         self.db = db
         self.write = write
@@ -50,6 +51,7 @@ class GroupCommitter(Generic[P, R]):
         self.on_commit = on_commit
         self.linger = max(0.0, linger)
         self.name = name
+        self.durable = durable  # Database.run_write's: False only for writes nobody was promised
         self._queue: asyncio.Queue[_Pending[P, R]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -71,7 +73,7 @@ class GroupCommitter(Generic[P, R]):
 
     async def commit(self, items: list[P]) -> list[R]:
         if self._task is None:
-            result = await self.db.run_write(self.write, items)
+            result = await self.db.run_write(self.write, items, durable=self.durable)
             self.on_commit()
             return result
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
@@ -94,7 +96,7 @@ class GroupCommitter(Generic[P, R]):
 
     async def _write(self, group: list[_Pending[P, R]]) -> None:
         try:
-            results = await self.db.run_write(self.write, [i for p in group for i in p.items])
+            results = await self.db.run_write(self.write, [i for p in group for i in p.items], durable=self.durable)
         except asyncio.CancelledError:
             for p in group:
                 if not p.future.done():

@@ -1,0 +1,52 @@
+"""Database.run_write: a write nobody was promised may skip the fsync, and is still committed;
+every other write, before and after it, waits for the disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentpost.model import utcnow
+from agentpost.store.tables import suppressions
+
+
+def _sync_mode(conn: sa.Connection) -> Any:
+    if conn.dialect.name == "sqlite":
+        return conn.exec_driver_sql("PRAGMA synchronous").scalar_one()  # 2 = FULL, 1 = NORMAL
+    return conn.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+
+
+def _insert(conn: sa.Connection, address: str) -> Any:
+    row = {"organization_id": "org", "scope": "", "address": address, "reason": "test", "created_at": utcnow()}
+    conn.execute(suppressions.insert().values(**row))
+    return _sync_mode(conn)
+
+
+def _count(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar_one())
+
+
+async def test_a_non_durable_write_commits_without_waiting_for_the_disk_and_the_next_one_waits_again(db: Any) -> None:
+    before = await db.run_write(_sync_mode)
+    during = await db.run_write(_insert, "a@x.test", durable=False)
+    after = await db.run_write(_insert, "b@x.test")
+    if db.is_sqlite:
+        assert (before, during, after) == (2, 1, 2)
+    else:  # the test server may itself run with synchronous_commit off: SET LOCAL must not leak
+        assert during == "off" and before == after
+    assert await db.run_read(_count) == 2  # both committed
+
+
+async def test_a_failing_non_durable_write_rolls_back_and_leaves_the_connection_durable(db: Any) -> None:
+    def fail(conn: sa.Connection) -> None:
+        _insert(conn, "c@x.test")
+        raise RuntimeError("boom")
+
+    try:
+        await db.run_write(fail, durable=False)
+    except RuntimeError:
+        pass
+    assert await db.run_read(_count) == 0
+    if db.is_sqlite:
+        assert await db.run_write(_sync_mode) == 2
