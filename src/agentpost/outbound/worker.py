@@ -75,8 +75,12 @@ class OutboundWorker:
         # Woken by submissions and finished deliveries, not by every committed event: received
         # mail must not make the worker contend for the write lock.
         self._wake = asyncio.Event()
+        self._submitted = False  # woken by a submission since the last claim
+        self._busy = False  # the last claim found work
 
     def wake(self) -> None:
+        """A submission queued remote recipients: there is work due now."""
+        self._submitted = True
         self._wake.set()
 
     def start(self) -> None:
@@ -113,15 +117,21 @@ class OutboundWorker:
         """Claim what is due, up to the free delivery slots, and start delivering it."""
         if self.settings.concurrency - len(self._inflight) <= 0:
             return
-        due = await self.db.run_read(queue.next_due_sync)
-        if due is None or due > utcnow():
-            return  # nothing due: no write transaction at all
+        submitted, self._submitted = self._submitted, False
+        if not submitted and not self._busy:
+            # Woken by the clock or a finished delivery after a claim that found nothing: look
+            # before taking the write lock, so an idle queue costs no write transaction. After a
+            # submission, or while claims keep finding work, something is due.
+            due = await self.db.run_read(queue.next_due_sync)
+            if due is None or due > utcnow():
+                return
         if self.settings.claim_linger:
             await asyncio.sleep(self.settings.claim_linger)
         free = self.settings.concurrency - len(self._inflight)
         claimed = await self.db.run_write(
             queue.claim_with_raws, free, timedelta(seconds=self.settings.lease), durable=False
         )
+        self._busy = bool(claimed)
         for item, raw in claimed:
             self._held.add(item.id)
             task = asyncio.create_task(self._process(item, raw))
