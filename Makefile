@@ -40,6 +40,7 @@ bench: venv
 	bash scripts/install-test-deps.sh
 	$(BIN)/python bench/inbound/run.py
 	$(BIN)/python bench/outbound/run.py
+	$(BIN)/python bench/realtime/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

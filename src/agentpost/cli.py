@@ -1,4 +1,4 @@
-"""The command line: init, serve, keys, domains, inboxes, status."""
+"""The command line: init, serve, mcp, keys, domains, inboxes, status."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from agentpost import config as config_module
 from agentpost import log as logsetup
 from agentpost import schemas
 from agentpost.config import Config, ConfigError, split_hostport
-from agentpost.errors import AgentpostError
+from agentpost.errors import AgentpostError, Unauthorized
+from agentpost.mcp.stdio import serve_stdio
 from agentpost.proto.address import AddressError, parse_address
-from agentpost.serve import build_context, ensure_tls
+from agentpost.serve import build_context, ensure_tls, standalone_context
 from agentpost.service import domains as domain_service
 from agentpost.service import inboxes as inbox_service
 from agentpost.service import keys as key_service
@@ -161,6 +162,44 @@ def mx_worker(
     logsetup.setup(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(run_mx_worker(config, parent_pid or None, ready_fd if ready_fd >= 0 else None))
+
+
+@app.command("mcp")
+def mcp_stdio(
+    api_key: str = typer.Option(
+        "", "--api-key", envvar="AGENTPOST_API_KEY", show_default=False, help="API key (or AGENTPOST_API_KEY)."
+    ),
+) -> None:
+    """Serve the MCP tools on stdin/stdout (for Claude Desktop and other MCP clients)."""
+    # In-process on the service layer, not a client of the HTTP API: the store is built for several
+    # processes (SQLite writers take a cross-process lock, as `serve`'s own MX workers and every CLI
+    # command do; PostgreSQL is shared anyway), the same scope checks apply, and mail to hosted
+    # inboxes is delivered here (serve.standalone_context). Remote mail is queued for a running
+    # `serve`; agents on another machine use the /mcp endpoint of the API instead.
+    if not api_key.strip():
+        err.print("[red]no API key:[/red] set AGENTPOST_API_KEY or pass --api-key (create one: `agentpost key create`)")
+        raise typer.Exit(2)
+    config = _config()
+    # stdout carries the protocol: every log line goes to stderr, and only warnings and worse.
+    logsetup.setup("WARNING")
+    if not config.secret_key:
+        err.print("[red]no secret_key configured:[/red] run `agentpost init` first (or set AGENTPOST_SECRET_KEY)")
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        async with standalone_context(config) as ctx:
+            await serve_stdio(ctx, api_key)
+
+    try:
+        asyncio.run(main())
+    except Unauthorized as exc:
+        err.print(f"[red]API key refused:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    except (ConfigError, OSError) as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @key_app.command("create")

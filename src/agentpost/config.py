@@ -42,13 +42,25 @@ class MxConfig(Section):
     authenticate: bool = True
     # Clients whose mail is not checked (local processes, by default); "" or [] = none.
     trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # ARC sealers (RFC 8617 §7.2) whose passing chain may override a DMARC failure, when the
+    # sealer recorded dmarc=pass: forwarders and mailing lists you trust. Empty = ARC is recorded only.
+    arc_trusted_sealers: list[str] = Field(default_factory=list)
 
-    @field_validator("trusted_networks", mode="before")
+    @field_validator("trusted_networks", "arc_trusted_sealers", mode="before")
     @classmethod
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [s.strip() for s in value.split(",") if s.strip()]
         return value
+
+    @field_validator("arc_trusted_sealers")
+    @classmethod
+    def _check_sealers(cls, value: list[str]) -> list[str]:
+        sealers = [domain.strip().lower().rstrip(".") for domain in value]
+        for domain in sealers:
+            if "." not in domain or any(c in domain for c in " @/;,"):
+                raise ValueError(f"not a domain: {domain!r}")
+        return sealers
 
     @field_validator("trusted_networks")
     @classmethod
@@ -109,6 +121,15 @@ class OutboundConfig(Section):
     # List-Unsubscribe (RFC 2369) + one-click (RFC 8058) on every message sent through the API;
     # a caller-supplied List-Unsubscribe header always wins.
     list_unsubscribe: bool = True
+    # MTA-STS (RFC 8461): honour recipient domains' policies. Under "enforce" mail goes only to a
+    # listed MX over STARTTLS with a verified certificate, else it is deferred (4.7.5), never sent
+    # in clear. Not applied through a smarthost.
+    mta_sts: bool = True
+    # PEM file of CA certificates trusted besides the system store for MTA-STS: the policy hosts
+    # (https://mta-sts.<domain>) and the MX certificates under a policy. "" = system store only.
+    mta_sts_ca_file: str = ""
+    # For tests only: the port of policy hosts (RFC 8461 §3.3 fixes 443). Not in the default file.
+    mta_sts_port: int = Field(default=443, ge=1, le=65535)
 
     @field_validator("tls")
     @classmethod
@@ -334,6 +355,9 @@ tls_key = ""
 authenticate = true
 # Clients whose mail is not checked: local processes.
 trusted_networks = ["127.0.0.0/8", "::1/128"]
+# ARC sealers (forwarders, mailing lists) whose passing chain may override a DMARC failure
+# when they recorded dmarc=pass (RFC 8617 §7.2); empty = ARC is recorded, never acted on.
+# arc_trusted_sealers = ["lists.example.org"]
 
 [dns]
 # servers = ["127.0.0.1:53"]   # when set, nothing else is asked
@@ -356,6 +380,8 @@ smarthost_tls = "require"
 # smarthost_username = ""
 # smarthost_password = ""                # or AGENTPOST_OUTBOUND_SMARTHOST_PASSWORD
 list_unsubscribe = true                  # List-Unsubscribe + one-click on sent mail
+mta_sts = true                           # honour recipient domains' MTA-STS policies (RFC 8461)
+# mta_sts_ca_file = ""                   # extra CAs (PEM) for MTA-STS policy hosts and MX certificates
 
 [domains]
 # DNS records recommended for each hosted domain (`agentpost domain records NAME`, docs/dns.md).

@@ -21,6 +21,26 @@ class Request(BaseModel):
 # ---- inboxes -------------------------------------------------------------------------------
 
 
+class AuthPolicy(Wire):
+    """An inbox's handling of mail that fails sender authentication (agentpost extension).
+
+    ``dmarc_reject``: a DMARC failure whose domain publishes p=reject is refused at DATA with
+    ``550 5.7.1`` (``refuse``) or stored with labels ``spam`` and ``unauthenticated`` (``quarantine``).
+    ``unauthenticated``: other mail without an aligned pass is stored with label ``unauthenticated``
+    (``label``), with ``spam`` and ``unauthenticated`` (``spam``), or without a label (``accept``).
+    """
+
+    dmarc_reject: Literal["refuse", "quarantine"] = "refuse"
+    unauthenticated: Literal["label", "spam", "accept"] = "label"
+
+
+class AuthPolicyUpdate(Request):
+    """The fields of ``AuthPolicy`` to change; the others keep their value."""
+
+    dmarc_reject: Literal["refuse", "quarantine"] | None = None
+    unauthenticated: Literal["label", "spam", "accept"] | None = None
+
+
 class Inbox(Wire):
     pod_id: str
     inbox_id: str
@@ -29,6 +49,7 @@ class Inbox(Wire):
     client_id: str | None = None
     status: Literal["active", "paused"] | None = None
     metadata: Metadata | None = None
+    auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
     updated_at: datetime
     created_at: datetime
 
@@ -47,12 +68,14 @@ class CreateInbox(Request):
     client_id: str | None = None
     status: Literal["active", "paused"] | None = None
     metadata: Metadata | None = None
+    auth_policy: AuthPolicyUpdate | None = None
 
 
 class UpdateInbox(Request):
     display_name: str | None = None
     status: Literal["active", "paused"] | None = None
     metadata: dict[str, str | float | bool | None] | None = None
+    auth_policy: AuthPolicyUpdate | None = None
 
 
 # ---- messages and threads -------------------------------------------------------------------

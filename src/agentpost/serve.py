@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from agentpost.model import Envelope
 from agentpost.net.dns import CachingResolver, DnspythonResolver
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
+from agentpost.notify.wakeups import LogWatch, link_for
 from agentpost.notify.webhooks import WebhookWorker
 from agentpost.outbound.bounces import ReturnedMail
 from agentpost.outbound.deliver import DeliverySettings, Smarthost
@@ -218,7 +219,7 @@ def authenticator(config: Config) -> Authenticator | None:
         return None
     timeout = config.dns.timeout
     resolver = CachingResolver(DnspythonResolver(config.dns.servers, timeout=timeout, lifetime=timeout))
-    return Authenticator(resolver, config.hostname, config.mx.trusted_networks)
+    return Authenticator(resolver, config.hostname, config.mx.trusted_networks, config.mx.arc_trusted_sealers)
 
 
 def local_delivery(
@@ -234,6 +235,39 @@ def local_delivery(
             await receiver.receive(envelope, raw, routes, internal=True)
 
     return deliver
+
+
+@contextlib.asynccontextmanager
+async def standalone_context(config: Config) -> AsyncIterator[Context]:
+    """A Context for a process that runs no listeners or workers (`agentpost mcp`): the service
+    layer on the configured database, with mail to hosted inboxes delivered through this process's
+    own inbound pipeline. Mail to remote recipients is queued; a running `serve` (any process, any
+    node) delivers it, since its outbound worker polls the queue."""
+    db = Database(config.database_url)
+    try:
+        await db.migrate()
+        directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))
+        ctx = build_context(config, db, directory)
+        ctx.outbound_lifetime = config.outbound.lifetime
+        committer: GroupCommitter[NewMessage, Saved] = GroupCommitter(
+            db, message_store.save_batch, config.database.commit_batch, ctx.bus.published, 0.0, "receive"
+        )
+        committer.start()
+        try:
+            receiver = Receiver(
+                db,
+                config.hostname,
+                mime_limits(config),
+                committer,
+                ReturnedMail(db, ctx.bus.published),
+                authenticator(config),
+            )
+            ctx.deliver_local = local_delivery(config, directory, receiver)
+            yield ctx
+        finally:
+            await committer.stop()
+    finally:
+        await db.close()
 
 
 def spawn_mx_workers(count: int, timeout: float = 60.0) -> list[subprocess.Popen[bytes]]:
@@ -361,6 +395,9 @@ def worker_settings(config: Config) -> WorkerSettings:
             timeout=out.timeout,
             tls=out.tls,
             smarthost=relay,
+            mta_sts=out.mta_sts,
+            mta_sts_ca_file=out.mta_sts_ca_file or None,
+            mta_sts_port=out.mta_sts_port,
         ),
         policy=Policy(tuple(out.retry_schedule) or (60.0,), tuple(out.delay_notices)),
         concurrency=max(1, out.concurrency),
@@ -382,6 +419,8 @@ async def start(config: Config, *, child: bool = False) -> Running:
         workers = await asyncio.get_running_loop().run_in_executor(None, spawn_mx_workers, processes - 1)
     directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     ctx = build_context(config, db, directory)
+    # Commits in the other processes on this database wake this one's feeds and WebSockets.
+    await ctx.bus.connect(link_for(db), LogWatch(db, ctx.bus.woken))
     sent_committer: GroupCommitter[SentMessage, str] = GroupCommitter(
         db, queue_store.save_sent, config.database.commit_batch, ctx.bus.published, 0.0, "sent"
     )
@@ -398,7 +437,8 @@ async def start(config: Config, *, child: bool = False) -> Running:
             port=http_port,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            # On: the /mcp endpoint's session manager lives in the app's lifespan (api/app.py).
+            lifespan="on",
             # No X-Forwarded-* rewriting: agentpost does not assume a proxy in front of it.
             proxy_headers=False,
         )
@@ -412,6 +452,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
         await mx.stop()
         await committer.stop()
         await sent_committer.stop()
+        await ctx.bus.close()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
     worker = None
@@ -459,6 +500,7 @@ async def stop(running: Running) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await running.rechecks
     await running.committer.stop()
+    await running.ctx.bus.close()
     await running.ctx.db.close()
 
 

@@ -1,14 +1,16 @@
-"""Inbound authentication and the verdict on it: SPF + DKIM + DMARC on a zone in a dict, then decide()."""
+"""Inbound authentication and the verdict on it: SPF + DKIM + ARC + DMARC on a zone in a dict, then decide()."""
 
 from __future__ import annotations
 
 import re
 
+import dkim  # type: ignore[import-untyped]  # dkimpy seals the ARC chains
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from agentpost import model
 from agentpost.inbound.authenticate import Authenticator, header_from_domains
-from agentpost.inbound.verdict import decide
+from agentpost.inbound.verdict import DEFAULT_POLICY, InboxPolicy, decide
 from agentpost.mailauth.dkim import RSA_SHA256, DkimKey, DkimSigner, generate_key
 from agentpost.model import Envelope
 from agentpost.net.dns import FakeResolver
@@ -60,10 +62,17 @@ def envelope(mail_from: str, ip: str = SENDER_IP, helo: str = "helo.example") ->
 
 
 async def check(
-    resolver: FakeResolver, env: Envelope, raw: bytes, *, internal: bool = False, trusted: tuple[str, ...] = ()
+    resolver: FakeResolver,
+    env: Envelope,
+    raw: bytes,
+    *,
+    internal: bool = False,
+    trusted: tuple[str, ...] = (),
+    sealers: tuple[str, ...] = (),
+    policy: InboxPolicy = DEFAULT_POLICY,
 ) -> tuple[str, dict[str, object], bytes, tuple[str, ...], codes.Reply | None]:
-    auth = await Authenticator(resolver, HOST, trusted).authenticate(env, raw, internal=internal)
-    verdict = decide(auth)
+    auth = await Authenticator(resolver, HOST, trusted, sealers).authenticate(env, raw, internal=internal)
+    verdict = decide(auth, policy)
     return verdict.verdict, auth.as_dict(verdict.verdict, verdict.reasons), auth.header(), verdict.labels, verdict.reply
 
 
@@ -160,3 +169,133 @@ def test_header_from_domains() -> None:
     )
     assert header_from_domains(raw) == ["one.example", "two.example"]
     assert header_from_domains(b"Subject: none\r\n\r\n") == []
+
+
+SPAM_UNAUTH = (model.LABEL_SPAM, model.LABEL_UNAUTHENTICATED)
+UNAUTH = (model.LABEL_UNAUTHENTICATED,)
+
+
+@pytest.mark.parametrize(
+    ("from_domain", "policy", "expected", "labels", "reply"),
+    [
+        ("reject.example", InboxPolicy(), "reject", (), codes.R550_DMARC_REJECT),
+        ("reject.example", InboxPolicy(dmarc_reject="quarantine"), "quarantine", SPAM_UNAUTH, None),
+        ("reject.example", InboxPolicy(unauthenticated="accept"), "reject", (), codes.R550_DMARC_REJECT),
+        ("quarantine.example", InboxPolicy(unauthenticated="accept"), "quarantine", SPAM_UNAUTH, None),
+        ("none.example", InboxPolicy(), "unauthenticated", UNAUTH, None),
+        ("none.example", InboxPolicy(unauthenticated="spam"), "unauthenticated", SPAM_UNAUTH, None),
+        ("none.example", InboxPolicy(unauthenticated="accept"), "unauthenticated", (), None),
+        ("nodmarc.example", InboxPolicy(unauthenticated="accept"), "unauthenticated", (), None),
+        ("nodmarc.example", InboxPolicy(dmarc_reject="quarantine"), "unauthenticated", UNAUTH, None),
+    ],
+)
+async def test_inbox_auth_policy_changes_only_what_it_names(
+    key: DkimKey, from_domain: str, policy: InboxPolicy, expected: str, labels: tuple[str, ...], reply: object
+) -> None:
+    verdict, _, _, got_labels, got_reply = await check(
+        FakeResolver(zone(key)),
+        envelope(f"bob@{from_domain}", ip=OTHER_IP, helo="unknown.invalid"),
+        message(from_domain),
+        policy=policy,
+    )
+    assert (verdict, got_labels, got_reply) == (expected, labels, reply)
+
+
+def test_stored_policy_falls_back_to_the_default_for_unknown_values() -> None:
+    assert InboxPolicy.of(None) == DEFAULT_POLICY == InboxPolicy("refuse", "label")
+    assert InboxPolicy.of({"dmarc_reject": "quarantine", "unauthenticated": "bogus"}) == InboxPolicy(
+        "quarantine", "label"
+    )
+
+
+# --------------------------------------------------------------------------- ARC (RFC 8617)
+
+
+@pytest.fixture(scope="module")
+def sealer() -> DkimKey:
+    return generate_key("forwarder.example", "arc", RSA_SHA256)
+
+
+def arc_zone(key: DkimKey, sealer: DkimKey) -> dict[str, dict[str, list[str]]]:
+    return {**zone(key), sealer.dns_name: {"TXT": [sealer.dns_txt()]}}
+
+
+def sealed(sealer: DkimKey, raw: bytes, recorded: str) -> bytes:
+    """``raw`` as forwarded by ``sealer``: its Authentication-Results and the ARC set dkimpy seals over it."""
+    received = f"Authentication-Results: {sealer.domain}; {recorded}\r\n".encode() + raw
+    private = serialization.load_pem_private_key(sealer.private_pem, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    domain = sealer.domain.encode()
+    return b"".join(dkim.arc_sign(received, sealer.selector.encode(), domain, private, domain)) + received
+
+
+async def test_message_without_arc_records_arc_none(key: DkimKey) -> None:
+    _, auth, header, _, _ = await check(FakeResolver(zone(key)), envelope("bob@nodmarc.example"), message("x.example"))
+    assert auth["arc"] == {"result": "none", "reason": "", "instances": 0, "sealers": [], "oldest_pass": None}
+    assert header.decode().rstrip().endswith("arc=none")
+
+
+@pytest.mark.parametrize(
+    ("sealers", "recorded", "expected", "reply"),
+    [
+        pytest.param((), "dmarc=pass", "reject", codes.R550_DMARC_REJECT, id="no trusted sealers: unchanged"),
+        pytest.param(("other.example",), "dmarc=pass", "reject", codes.R550_DMARC_REJECT, id="sealer not trusted"),
+        pytest.param(("forwarder.example",), "dmarc=fail", "reject", codes.R550_DMARC_REJECT, id="sealer saw a fail"),
+        pytest.param(("forwarder.example",), "dmarc=pass", "arc", None, id="trusted sealer saw a pass"),
+        pytest.param(("Forwarder.Example.",), "spf=pass; dmarc=pass (p=reject)", "arc", None, id="names normalised"),
+    ],
+)
+async def test_dmarc_reject_is_overridden_only_by_a_trusted_sealer_that_saw_a_pass(
+    key: DkimKey, sealer: DkimKey, sealers: tuple[str, ...], recorded: str, expected: str, reply: codes.Reply | None
+) -> None:
+    raw = sealed(sealer, message("reject.example"), recorded)
+    verdict, auth, header, labels, got_reply = await check(
+        FakeResolver(arc_zone(key, sealer)),
+        envelope("fwd@forwarder.example", ip=OTHER_IP),
+        raw,
+        sealers=sealers,
+    )
+    assert (verdict, labels, got_reply) == (expected, (), reply)
+    assert auth["dmarc"]["result"] == "fail"  # type: ignore[index]
+    assert auth["arc"] == {
+        "result": "pass",
+        "reason": "",
+        "instances": 1,
+        "sealers": ["forwarder.example"],
+        "oldest_pass": 0,
+    }
+    assert f"arc=pass (sealed by forwarder.example) header.oldest-pass=0 smtp.remote-ip={OTHER_IP}" in header.decode()
+
+
+async def test_broken_arc_chain_is_recorded_as_fail_and_overrides_nothing(key: DkimKey, sealer: DkimKey) -> None:
+    raw = sealed(sealer, message("reject.example"), "dmarc=pass").replace(b"Hello there.", b"Hello, changed.")
+    verdict, auth, header, _, reply = await check(
+        FakeResolver(arc_zone(key, sealer)),
+        envelope("fwd@forwarder.example", ip=OTHER_IP),
+        raw,
+        sealers=("forwarder.example",),
+    )
+    assert (verdict, reply) == ("reject", codes.R550_DMARC_REJECT)
+    assert auth["arc"]["result"] == "fail" and "body hash" in auth["arc"]["reason"]  # type: ignore[index]
+    assert "arc=fail (ARC-Message-Signature i=1: body hash" in header.decode()
+
+
+@pytest.mark.parametrize(
+    ("sealers", "expected", "reply"),
+    [
+        pytest.param((), "reject", codes.R550_DMARC_REJECT, id="untrusted sealer: ARC cannot matter"),
+        pytest.param(("forwarder.example",), "temperror", codes.R451_AUTH_TEMPFAIL, id="trusted sealer: retry"),
+    ],
+)
+async def test_arc_key_servfail_is_temperror_never_a_verdict(
+    key: DkimKey, sealer: DkimKey, sealers: tuple[str, ...], expected: str, reply: codes.Reply
+) -> None:
+    raw = sealed(sealer, message("reject.example"), "dmarc=pass")
+    resolver = FakeResolver(arc_zone(key, sealer), servfail=[sealer.dns_name])
+    verdict, auth, header, _, got_reply = await check(
+        resolver, envelope("fwd@forwarder.example", ip=OTHER_IP), raw, sealers=sealers
+    )
+    assert (verdict, got_reply) == (expected, reply)
+    assert auth["arc"]["result"] == "temperror"  # type: ignore[index]
+    assert "arc=temperror" in header.decode()

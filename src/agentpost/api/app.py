@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
-from agentpost.api import domains, inboxes, keys, messages, threads, unsubscribe, webhooks
+from agentpost.api import domains, events, inboxes, keys, messages, threads, unsubscribe, webhooks
 from agentpost.errors import AgentpostError, Invalid, RateLimited
+from agentpost.mcp.http import McpEndpoint
 from agentpost.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -23,14 +27,25 @@ def _error(status: int, name: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def create_app(ctx: Context) -> FastAPI:
+    # MCP over Streamable HTTP at /mcp (mcp/http.py): its session manager runs in the lifespan.
+    mcp = McpEndpoint(ctx)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with mcp.running():
+            yield
+
     app = FastAPI(
         title="agentpost",
         version="0.1.0",
         description="Email inboxes for AI agents (AgentMail v0 compatible).",
+        lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for module in (inboxes, messages, threads, domains, webhooks, keys, unsubscribe):
+    for module in (inboxes, messages, threads, domains, webhooks, keys, unsubscribe, events):
         app.include_router(module.router)
+    # A plain route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
+    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""Inbound step 1, authenticate: SPF (MAIL FROM and HELO), every DKIM signature and DMARC for one message.
+"""Inbound step 1, authenticate: SPF (MAIL FROM and HELO), every DKIM signature, the ARC chain and DMARC.
 
 ``Authenticator.authenticate(envelope, raw)`` runs the checks of ``mailauth`` on the injected resolver
-(SPF for both identities and DKIM concurrently, then DMARC on their results) and returns
+(SPF for both identities, DKIM and ARC concurrently, then DMARC on their results) and returns
 ``AuthResults``. What to do about them is ``inbound.verdict.decide``; how they are recorded is
 ``AuthResults.as_dict`` (the ``auth`` object of the API) and ``AuthResults.header`` (the
 Authentication-Results field prepended to the stored message, RFC 8601).
@@ -10,6 +10,11 @@ Mail that did not come from the Internet is not checked: a copy delivered locall
 outbound (``internal=True``) and mail from a client in ``trusted`` networks (by default loopback,
 as Postfix's mynetworks, OpenDMARC's IgnoreHosts and policyd-spf's skip_addresses do) get
 ``internal`` results.
+
+ARC (RFC 8617) is recorded, and used only as the local policy of RFC 8617 §7.2: ``arc_trusted`` is
+set when the chain passes, its newest sealer is one of ``trusted_sealers`` and that sealer recorded
+``dmarc=pass`` in its ARC-Authentication-Results; ``verdict.decide`` may then accept a DMARC failure
+(a forwarder or a mailing list that broke SPF and DKIM on the way).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agentpost.mailauth import dkim_verify, dmarc, spf
+from agentpost.mailauth import arc, dkim_verify, dmarc, spf
+from agentpost.mailauth.arc import ArcResult
 from agentpost.mailauth.dkim_verify import DkimResult
 from agentpost.mailauth.dmarc import DmarcResult
 from agentpost.mailauth.spf import SpfResult
@@ -52,6 +58,10 @@ class AuthResults:
     internal: bool = False
     note: str = ""  # why internal
     null_sender: bool = False  # MAIL FROM was <>: ``spf`` is the HELO identity's result
+    arc: ArcResult | None = None
+    # The newest ARC sealer is trusted by configuration and recorded dmarc=pass (RFC 8617 §7.2).
+    arc_sealer_trusted: bool = False
+    client_ip: str = ""  # for smtp.remote-ip in the arc result (RFC 8617 §10)
 
     @property
     def any_pass(self) -> bool:
@@ -59,10 +69,18 @@ class AuthResults:
         return (self.spf is not None and self.spf.result == "pass") or any(d.result == "pass" for d in self.dkim)
 
     @property
+    def arc_trusted(self) -> bool:
+        """The ARC chain passed and its newest sealer is trusted and saw dmarc=pass: it may stand in for DMARC."""
+        return self.arc_sealer_trusted and self.arc is not None and self.arc.result == "pass"
+
+    @property
     def some_temperror(self) -> bool:
-        """A check of an identity DMARC could have used ended in a temporary DNS failure."""
-        return (self.spf is not None and self.spf.result == "temperror") or any(
-            d.result == "temperror" for d in self.dkim
+        """A check of an identity DMARC could have used ended in a temporary DNS failure (or the ARC chain
+        of a trusted sealer, which could have overridden a DMARC failure)."""
+        return (
+            (self.spf is not None and self.spf.result == "temperror")
+            or any(d.result == "temperror" for d in self.dkim)
+            or (self.arc_sealer_trusted and self.arc is not None and self.arc.result == "temperror")
         )
 
     def as_dict(self, verdict: str, reasons: Iterable[str]) -> dict[str, Any]:
@@ -113,11 +131,23 @@ class AuthResults:
                 for r in self.dkim
             ],
             "dmarc": dmarc_dict,
-            "arc": None,  # not evaluated yet
+            "arc": self._arc_dict(),
             "aligned": {
                 "spf": (self.dmarc.spf_aligned or None) if self.dmarc else None,
                 "dkim": list(self.dmarc.dkim_aligned) if self.dmarc else [],
             },
+        }
+
+    def _arc_dict(self) -> dict[str, Any] | None:
+        if self.arc is None:
+            return None
+        a = self.arc
+        return {
+            "result": a.result,
+            "reason": a.reason,
+            "instances": a.instances,
+            "sealers": list(a.sealers),
+            "oldest_pass": a.oldest_pass,
         }
 
     def header(self) -> bytes:
@@ -140,6 +170,15 @@ class AuthResults:
             comment = f"p={d.policy} dis={d.disposition}" if d.record is not None else d.reason
             props = [("header.from", d.header_from)] if d.header_from else []
             results.append(ResInfo("dmarc", d.result, props, comment))
+        if self.arc is not None:
+            a = self.arc
+            # RFC 8617 §10: arc=<none|pass|fail> header.oldest-pass=N smtp.remote-ip=<client>; a key lookup
+            # that failed temporarily gives temperror (RFC 8601 §2.7), not a verdict.
+            props = [("header.oldest-pass", str(a.oldest_pass))] if a.oldest_pass is not None else []
+            if a.result != "none" and self.client_ip:
+                props.append(("smtp.remote-ip", self.client_ip))
+            comment = a.reason or (f"sealed by {a.newest_sealer}" if a.result == "pass" else "")
+            results.append(ResInfo("arc", a.result, props, comment))
         return authresults.build(self.authserv_id, results)
 
 
@@ -180,10 +219,18 @@ def _is_domain(name: str) -> bool:
 class Authenticator:
     """Runs the checks for the MX; one per process, sharing its (caching) resolver."""
 
-    def __init__(self, resolver: Resolver, authserv_id: str, trusted: Iterable[str] = DEFAULT_TRUSTED) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        authserv_id: str,
+        trusted: Iterable[str] = DEFAULT_TRUSTED,
+        trusted_sealers: Iterable[str] = (),
+    ) -> None:
         self.resolver = resolver
         self.authserv_id = authserv_id
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        # RFC 8617 §7.2: ARC sealers whose chains may override a DMARC failure ([mx] arc_trusted_sealers).
+        self.trusted_sealers = frozenset(d.strip().lower().rstrip(".") for d in trusted_sealers if d.strip())
 
     async def authenticate(self, envelope: Envelope, raw: bytes, *, internal: bool = False) -> AuthResults:
         if internal:
@@ -197,6 +244,7 @@ class Authenticator:
         checks: list[Any] = [
             self._spf(spf.check_mail_from(self.resolver, ip, envelope.mail_from, helo, receiver=self.authserv_id)),
             dkim_verify.verify(self.resolver, raw, now=now),
+            arc.verify(self.resolver, raw),
         ]
         # RFC 7208 §2.3: the HELO identity too, unless MAIL FROM is <> (then it is the one checked).
         check_helo = bool(envelope.mail_from) and _is_domain(helo)
@@ -208,7 +256,8 @@ class Authenticator:
         done = await asyncio.gather(*checks)
         spf_result: SpfResult = done[0]
         dkim_results: list[DkimResult] = done[1]
-        helo_result: SpfResult | None = done[2] if check_helo else None
+        arc_result: ArcResult = done[2]
+        helo_result: SpfResult | None = done[3] if check_helo else None
         dmarc_result = await dmarc.evaluate(
             self.resolver, from_domains, spf_result.result, spf_result.domain or None, dkim_results
         )
@@ -219,6 +268,9 @@ class Authenticator:
             dkim=dkim_results,
             dmarc=dmarc_result,
             null_sender=not envelope.mail_from,
+            arc=arc_result,
+            arc_sealer_trusted=(arc_result.newest_sealer in self.trusted_sealers and arc_result.sealed_dmarc == "pass"),
+            client_ip=ip,
         )
 
     async def _spf(self, check: Any) -> SpfResult:

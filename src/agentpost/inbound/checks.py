@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from agentpost.inbound.verdict import DEFAULT_POLICY, InboxPolicy
 from agentpost.outbound.bounces import AddressTokens, Returned
 from agentpost.proto import codes
 from agentpost.proto.address import AddressError, parse_path
@@ -24,6 +25,8 @@ class Route:
     # Set for an address outbound generated (VERP bounces+TOKEN, unsubscribe+TOKEN): the mail
     # goes to outbound.bounces, not to an inbox; inbox_id is then the address itself.
     returned: Returned | None = None
+    # The inbox's auth_policy, applied to this copy at DATA (inbound.verdict.decide).
+    auth_policy: InboxPolicy = DEFAULT_POLICY
 
 
 class RateLimiter:
@@ -93,12 +96,12 @@ class Directory:
         self._domains = (time.monotonic() + self.ttl, value)
         return value
 
-    async def inbox(self, address: str) -> tuple[str, str] | None:
-        """(organisation id, status) of the inbox at this address, or None (uncached: the RCPT
-        decisions built on it are what ``route`` caches)."""
+    async def inbox(self, address: str) -> tuple[str, str, InboxPolicy] | None:
+        """(organisation id, status, auth policy) of the inbox at this address, or None (uncached:
+        the RCPT decisions built on it are what ``route`` caches)."""
         async with self.db.read() as conn:
             row = await inbox_store.get_row(conn, address.lower())
-        return (row.organization_id, row.status) if row is not None else None
+        return (row.organization_id, row.status, InboxPolicy.of(row.auth_policy)) if row is not None else None
 
     async def route(self, rcpt: str) -> Route | Reply:
         """RCPT TO decision (RFC 5321 §3.3): relay denied, no such user, or where it goes."""
@@ -134,10 +137,10 @@ class Directory:
         found = await self.inbox(address.key)
         if found is None:
             return codes.R550_NO_SUCH_USER
-        organization_id, status = found
+        organization_id, status, policy = found
         if status == "paused":
             return codes.R550_INBOX_PAUSED
-        return Route(address.key, organization_id)
+        return Route(address.key, organization_id, auth_policy=policy)
 
     async def _domain_on_miss(self, domain: str) -> bool:
         # A domain added a moment ago by another process (the CLI, another MX process or node)

@@ -12,7 +12,7 @@ from typing import Any
 from agentpost import model
 from agentpost.errors import Rejected
 from agentpost.inbound import verdict as verdicts
-from agentpost.inbound.authenticate import Authenticator
+from agentpost.inbound.authenticate import Authenticator, AuthResults
 from agentpost.inbound.checks import Route
 from agentpost.model import Envelope, new_id
 from agentpost.outbound.bounces import BOUNCE, ReturnedMail
@@ -85,25 +85,72 @@ class Receiver:
         if not routes:
             raise Rejected(codes.R554_NO_VALID_RECIPIENTS, "no routed recipients")
         checked = None
+        per_route: list[Checked] | None = None
         if self.authenticator is not None:
             auth = await self.authenticator.authenticate(envelope, raw, internal=internal)
-            verdict = verdicts.decide(auth)
-            if verdict.reply is not None:
-                raise Rejected(verdict.reply, f"{verdict.verdict}: {verdict.reason}")
-            checked = Checked(auth.as_dict(verdict.verdict, verdict.reasons), auth.header(), verdict.labels)
+            routes, per_route = self._apply_policies(envelope, auth, routes)
+            checked = per_route[0]
         # RFC 8601 §5: Authentication-Results fields claiming our authserv-id were not added by us.
         raw = authresults.remove_ours(raw, self.hostname)
-        stored = [await self._returned(envelope, raw, r, checked) for r in routes if r.returned is not None]
+        stored = [
+            await self._returned(envelope, raw, r, per_route[i] if per_route else None)
+            for i, r in enumerate(routes)
+            if r.returned is not None
+        ]
+        if per_route is not None:
+            per_route = [c for c, r in zip(per_route, routes, strict=True) if r.returned is None]
         routes = [r for r in routes if r.returned is None]
         returned = [s for s in stored if s is not None]
         if not routes:
             return Receipt("", returned)
         if len(raw) > OFFLOAD_PARSE_BYTES:
-            items = await asyncio.to_thread(self.prepare, envelope, raw, routes, checked)
+            items = await asyncio.to_thread(self.prepare, envelope, raw, routes, checked, per_route)
         else:
-            items = self.prepare(envelope, raw, routes, checked)
+            items = self.prepare(envelope, raw, routes, checked, per_route)
         saved = await self.committer.commit(items)
         return Receipt(items[0].message_id, [(r.inbox_id, s) for r, s in zip(routes, saved, strict=True)] + returned)
+
+    def _apply_policies(
+        self, envelope: Envelope, auth: AuthResults, routes: list[Route]
+    ) -> tuple[list[Route], list[Checked]]:
+        """Each recipient inbox's verdict under its own ``auth_policy``: the routes to store for, each with
+        what to record; raises ``Rejected`` when no recipient accepts.
+
+        RFC 5321 §4.2.5 allows one reply to DATA for the whole transaction. When the policies disagree
+        (one inbox refuses a p=reject failure, another quarantines it) the message is accepted for the
+        inboxes that take it and silently not stored for the ones that refuse it: refusing everyone would
+        deny it to inboxes that asked for it, and a bounce for the others would be backscatter to the
+        forged sender. Only when every recipient refuses does the sender get the refusal, temporary
+        (451) if any of them is.
+        """
+        header = auth.header()
+        decided: dict[verdicts.InboxPolicy, verdicts.Verdict] = {}
+        kept: list[tuple[Route, Checked]] = []
+        refusals: list[verdicts.Verdict] = []
+        skipped: list[str] = []
+        for route in routes:
+            # Our own VERP and unsubscribe addresses keep the default policy.
+            policy = route.auth_policy if route.returned is None else verdicts.DEFAULT_POLICY
+            verdict = decided.get(policy)
+            if verdict is None:
+                verdict = decided[policy] = verdicts.decide(auth, policy)
+            if verdict.reply is not None:
+                refusals.append(verdict)
+                skipped.append(route.inbox_id)
+                continue
+            kept.append((route, Checked(auth.as_dict(verdict.verdict, verdict.reasons), header, verdict.labels)))
+        if not kept:
+            refusal = next((v for v in refusals if v.reply is not None and v.reply.temporary), refusals[0])
+            assert refusal.reply is not None
+            raise Rejected(refusal.reply, f"{refusal.verdict}: {refusal.reason}")
+        if refusals:
+            log.info(
+                "message from %s not stored for %s (their auth_policy refuses it: %s)",
+                envelope.client_ip,
+                ", ".join(skipped),
+                refusals[0].reason,
+            )
+        return [route for route, _ in kept], [c for _, c in kept]
 
     async def _returned(
         self, envelope: Envelope, raw: bytes, route: Route, checked: Checked | None = None
@@ -123,8 +170,15 @@ class Receiver:
         return (route.inbox_id, saved) if saved is not None else None
 
     def prepare(
-        self, envelope: Envelope, raw: bytes, routes: list[Route], checked: Checked | None = None
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        routes: list[Route],
+        checked: Checked | None = None,
+        per_route: list[Checked] | None = None,
     ) -> list[NewMessage]:
+        """One stored copy per route; ``per_route`` (same order) gives each copy its own verdict and labels,
+        ``checked`` the Authentication-Results header they share."""
         parsed = mime.parse(raw, self.limits)
         body_text = parsed.text
         html = None
@@ -145,8 +199,6 @@ class Receiver:
             labels.append(model.LABEL_REPORT)
         elif parsed.auto_submitted == "bulk":
             labels.append(model.LABEL_BULK)
-        if checked is not None:
-            labels.extend(checked.labels)
         blob_key = new_id("blb_")
         # RFC 5321 §4.4: the receiving server prepends trace fields; the rest stays byte-exact.
         # RFC 8601 §4: our Authentication-Results goes on top of the message, below our Received.
@@ -156,6 +208,7 @@ class Receiver:
         attachments = [NewAttachment.of(a) for a in parsed.attachments]
         items = []
         for index, route in enumerate(routes):
+            mine = per_route[index] if per_route is not None else checked
             items.append(
                 NewMessage(
                     pk=new_id("msg_"),
@@ -163,7 +216,7 @@ class Receiver:
                     organization_id=route.organization_id,
                     message_id=message_id,
                     direction="received",
-                    labels=labels,
+                    labels=labels + list(mine.labels) if mine is not None else labels,
                     mail_from=envelope.mail_from,
                     header_from=parsed.header_from or envelope.mail_from,
                     from_address=parsed.from_address,
@@ -182,7 +235,7 @@ class Receiver:
                     headers=parsed.headers,
                     attachments=attachments,
                     defects=parsed.defects,
-                    auth=checked.auth if checked is not None else None,
+                    auth=mine.auth if mine is not None else None,
                     size=len(stored_raw),
                     timestamp=envelope.received_at,
                     thread_keys=keys,

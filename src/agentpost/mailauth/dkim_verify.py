@@ -373,6 +373,28 @@ def _check_parsed(
     signed_body = canonical if length is None else canonical[:length]
     body_ok = hashlib.sha256(signed_body).digest() == body_hash
 
+    data = _signed_fields(signed, fields, by_name, header_relaxed, relaxed_fields)
+    # RFC 6376 §3.7 step 2: then this DKIM-Signature field, b= value emptied, without its final CRLF.
+    data.append(_blanked_signature(b"dkim-signature", raw, spans["b"], header_relaxed))
+    return _Pending(
+        who=who,
+        key_name=f"{selector}._domainkey.{domain}",
+        auid_domain=auid_domain,
+        body_ok=body_ok,
+        unsigned_body=len(canonical) - len(signed_body),
+        digest=hashlib.sha256(b"".join(data)).digest(),
+        signature=signature,
+    )
+
+
+def _signed_fields(
+    signed: Sequence[str],
+    fields: list[tuple[bytes, bytes]],
+    by_name: dict[bytes, list[int]],
+    header_relaxed: bool,
+    relaxed_fields: dict[int, bytes],
+) -> list[bytes]:
+    """The canonical header fields h= selects, in h= order (also the ARC-Message-Signature's, RFC 8617 §4.1.2)."""
     # RFC 6376 §5.4.2: each name in h= takes the next instance of that field from the bottom up; a name with
     # no instance left (over-signing) contributes nothing.
     taken: dict[bytes, int] = {}
@@ -392,20 +414,15 @@ def _check_parsed(
             data.append(canonical_field)
         else:
             data.append(fields[index][1] + _CRLF)
-    # RFC 6376 §3.7 step 2: then this DKIM-Signature field, b= value emptied, without its final CRLF.
+    return data
+
+
+def _blanked_signature(name: bytes, raw: bytes, b_span: tuple[int, int], header_relaxed: bool) -> bytes:
+    """The signature field itself with its b= value emptied, canonical, without its final CRLF (RFC 6376 §3.7)."""
     offset = raw.index(b":") + 1
-    start, end = spans["b"]
+    start, end = b_span
     blanked = raw[: offset + start] + raw[offset + end :]
-    data.append(_relaxed_header(b"dkim-signature", blanked)[:-2] if header_relaxed else blanked)
-    return _Pending(
-        who=who,
-        key_name=f"{selector}._domainkey.{domain}",
-        auid_domain=auid_domain,
-        body_ok=body_ok,
-        unsigned_body=len(canonical) - len(signed_body),
-        digest=hashlib.sha256(b"".join(data)).digest(),
-        signature=signature,
-    )
+    return _relaxed_header(name, blanked)[:-2] if header_relaxed else blanked
 
 
 def _canonicalization(value: str) -> tuple[bool, bool]:
@@ -455,7 +472,7 @@ def _finish(pending: _Pending, answer: list[str] | DnsError) -> _Verdict:
     if not answer:
         return _Verdict(who, "permerror", f"no key at {pending.key_name}")  # RFC 6376 §6.1.2 step 3
     try:
-        key, testing, strict = _load_key(answer, pending)
+        key, testing, strict = _load_key(answer, pending.key_name, who.algorithm)
     except _Invalid as exc:
         return _Verdict(who, "permerror", str(exc))
     bits = key.key_size if isinstance(key, rsa.RSAPublicKey) else 256
@@ -466,15 +483,8 @@ def _finish(pending: _Pending, answer: list[str] | DnsError) -> _Verdict:
     failure = ""
     if not pending.body_ok:
         failure = "body hash mismatch (bh=): the body was changed"
-    else:
-        try:
-            if isinstance(key, rsa.RSAPublicKey):
-                key.verify(pending.signature, pending.digest, _PKCS1V15, _PREHASHED_SHA256)
-            else:
-                # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonical data.
-                key.verify(pending.signature, pending.digest)
-        except InvalidSignature:
-            failure = "signature did not verify: a signed header field was changed"
+    elif not _signature_ok(key, pending.signature, pending.digest):
+        failure = "signature did not verify: a signed header field was changed"
     if failure:
         if testing:  # RFC 6376 §3.6.1 t=y: treat like unsigned mail, not as a failure
             return _Verdict(who, "neutral", f"{failure}; ignored, the key is in testing mode (t=y)", testing, bits)
@@ -485,19 +495,35 @@ def _finish(pending: _Pending, answer: list[str] | DnsError) -> _Verdict:
     return _Verdict(who, "pass", "key in testing mode (t=y)" if testing else "", testing, bits)
 
 
-def _load_key(records: Sequence[str], pending: _Pending) -> tuple[_PublicKey, bool, bool]:
-    """The public key of the first record that parses as a DKIM key (RFC 6376 §3.6.1), with its t=y and t=s flags."""
+def _signature_ok(key: _PublicKey, signature: bytes, digest: bytes) -> bool:
+    """Whether ``signature`` is ``key``'s over the SHA-256 ``digest`` of the canonical header data."""
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, digest, _PKCS1V15, _PREHASHED_SHA256)
+        else:
+            # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonical data.
+            key.verify(signature, digest)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _load_key(records: Sequence[str], key_name: str, algorithm: str) -> tuple[_PublicKey, bool, bool]:
+    """The public key of the first record that parses as a DKIM key (RFC 6376 §3.6.1), with its t=y and t=s flags.
+
+    ``algorithm`` is the signature's a=, which the key type must match.
+    """
     parsed = [tags for tags in (_parse_key_record(record) for record in records) if tags is not None]
     if not parsed:
-        raise _Invalid(f"no valid DKIM key record at {pending.key_name}")
+        raise _Invalid(f"no valid DKIM key record at {key_name}")
     tags = parsed[0]
     if "h" in tags and "sha256" not in [h.strip(_FWS).lower() for h in tags["h"].split(":")]:
         raise _Invalid(f"key h={tags['h']} does not allow sha256")
     key_type = tags.get("k", "rsa").lower()
     if key_type not in _KEY_TYPES:
         raise _Invalid(f"unknown key type k={key_type}")
-    if _KEY_TYPES[key_type] != pending.who.algorithm:
-        raise _Invalid(f"key type k={key_type} does not match a={pending.who.algorithm}")
+    if _KEY_TYPES[key_type] != algorithm:
+        raise _Invalid(f"key type k={key_type} does not match a={algorithm}")
     services = [s.strip(_FWS).lower() for s in tags.get("s", "*").split(":")]
     if "*" not in services and "email" not in services:
         raise _Invalid(f"key is not for email (s={tags['s']})")

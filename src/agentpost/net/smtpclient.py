@@ -99,7 +99,8 @@ class SessionResult:
     data_reply: SmtpReply | None = None  # one DATA reply for every accepted recipient
     error: str | None = None  # connection, timeout or protocol failure: temporary
     duration: float = 0.0
-    tls_failure: str | None = None  # why TLS was not used or not verified (the fallback taken)
+    # Why TLS was not used or not verified: the fallback taken or, when TLS was required, why the session failed.
+    tls_failure: str | None = None
 
     def reply_for(self, rcpt: str) -> SmtpReply | None:
         """The final answer for ``rcpt``: the DATA reply if its RCPT was accepted, else the RCPT reply."""
@@ -419,12 +420,14 @@ class SmtpSession:
                 await self._fall_back_to_clear(failure)
                 return
             else:
+                self.tls_failure = str(failure)
                 raise _Unusable(f"TLS required: {failure}") from failure
         # The certificate did not verify: encrypt anyway, and say so.
         try:
             await self._open(tls=_unverified_context())
         except _TlsFailed as failure:
             if self.tls != "opportunistic":
+                self.tls_failure = str(failure)
                 raise _Unusable(f"TLS required: {failure}") from failure
             await self._fall_back_to_clear(failure)
             return
@@ -491,7 +494,8 @@ class SmtpSession:
         if "starttls" not in self._extensions:
             if self.tls == "require" or self.require_verified_cert:
                 await self._drop(quit=True)
-                raise _Unusable(f"TLS required but {self.host} does not offer STARTTLS")
+                self.tls_failure = f"{self.host} does not offer STARTTLS"
+                raise _Unusable(f"TLS required but {self.tls_failure}")
             return
         await self._starttls(wire, tls)
         # RFC 3207 §4.2: forget what the server said before TLS and ask again.

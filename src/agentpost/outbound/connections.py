@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 
 from agentpost.net.smtpclient import SmtpSession
 
-Key = tuple[str, str, int, str | None]  # (MX host name, IP, port, our source address)
+# (MX host name, IP, port, our source address, the TLS policy the session was opened under: "" or an MTA-STS mode)
+Key = tuple[str, str, int, str | None, str]
 
 
 class ConnectionPool:

@@ -97,8 +97,23 @@ def bounce_effects(
     return event, suppressions
 
 
+def _details(result: Delivery, session: SessionResult | None) -> dict[str, Any] | None:
+    """What the attempt log keeps beside the reply: the MTA-STS result (RFC 8461), why TLS was not used or verified."""
+    details: dict[str, Any] = {}
+    if result.mta_sts is not None:
+        details["mta_sts"] = result.mta_sts.details()
+    if session is not None and session.tls_failure:
+        details["tls_failure"] = session.tls_failure[:2000]
+    return details or None
+
+
 def _attempt(
-    item: QueueItem, rcpt: str, outcome: str, reply: SmtpReply, session: SessionResult | None
+    item: QueueItem,
+    rcpt: str,
+    outcome: str,
+    reply: SmtpReply,
+    session: SessionResult | None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "queue_id": item.id,
@@ -113,6 +128,7 @@ def _attempt(
         "tls_version": session.tls_version if session else None,
         "tls_verified": session.tls_verified if session else None,
         "duration_ms": int(session.duration * 1000) if session else None,
+        "details": details,
     }
 
 
@@ -129,9 +145,10 @@ def settle_delivery(
         bounced.update(deferred)  # lifetime over: the deferral becomes a Transient bounce
         deferred = {}
     settlement = Settlement(item_id=item.id)
+    details = _details(result, session)
     for rcpt, reply in result.replies.items():
         outcome = "delivered" if rcpt in delivered else ("bounced" if rcpt in bounced else "deferred")
-        settlement.attempts.append(_attempt(item, rcpt, outcome, reply, session))
+        settlement.attempts.append(_attempt(item, rcpt, outcome, reply, session, details))
     sent = SentRef(item.organization_id, item.inbox_id, item.thread_id, item.message_id)
     base = {
         "inbox_id": item.inbox_id,

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from agentpost.model import utcnow
 from agentpost.net.dns import Resolver
+from agentpost.net.mtasts import PolicyCache, PolicyFetcher, tls_context
 from agentpost.notify.bus import EventBus
 from agentpost.outbound.connections import ConnectionPool
 from agentpost.outbound.deliver import DeliverySettings, MxCache, deliver
@@ -24,6 +25,7 @@ from agentpost.outbound.outcomes import Policy, dsn_for, settle_delivery
 from agentpost.store import queue
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
+from agentpost.store.mta_sts import PolicyTable
 from agentpost.store.queue import QueueItem, Settlement
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,15 @@ class WorkerSettings:
     sources: dict[str, str] = field(default_factory=dict)
 
 
+def mta_sts_policies(db: Database, resolver: Resolver, delivery: DeliverySettings) -> PolicyCache | None:
+    """The MTA-STS policy cache (RFC 8461), kept in the database; None when off or relaying through a smarthost."""
+    if not delivery.mta_sts or delivery.smarthost is not None:
+        return None
+    context = tls_context(delivery.mta_sts_ca_file)
+    fetcher = PolicyFetcher(resolver, context=context, port=delivery.mta_sts_port, timeout=min(delivery.timeout, 60.0))
+    return PolicyCache(resolver, fetcher, store=PolicyTable(db), context=context)
+
+
 class OutboundWorker:
     def __init__(
         self,
@@ -62,6 +73,7 @@ class OutboundWorker:
         self.deliver_local = deliver_local
         self.pool = ConnectionPool(per_host=settings.per_host)
         self.mx_cache = MxCache()
+        self.mta_sts = mta_sts_policies(db, resolver, settings.delivery)
         # Outcomes and claims commit without an fsync (Database.run_write): losing one to a power
         # failure means a repeat delivery attempt, never a lost message, and the fsync per
         # commit was what capped delivery throughput on one SQLite writer.
@@ -186,6 +198,7 @@ class OutboundWorker:
             self.pool,
             self.mx_cache,
             self.settings.sources.get(item.inbox_id.rpartition("@")[2].lower()),
+            self.mta_sts,
         )
         settlement, refusals = settle_delivery(item, result, self.settings.policy, utcnow())
         await self.results.commit([settlement])

@@ -62,6 +62,7 @@ async def create(ctx: Context, who: Principal, req: schemas.CreateInbox) -> tupl
             req.client_id,
             req.status or "active",
             req.metadata,
+            _auth_policy(None, req.auth_policy),
         )
     ctx.routing_changed()
     return inbox_store.to_inbox(row), True
@@ -112,11 +113,21 @@ async def update(ctx: Context, who: Principal, inbox_id: str, req: schemas.Updat
                 else:
                     merged[key] = value
             values["metadata"] = merged
+        if req.auth_policy is not None:
+            values["auth_policy"] = _auth_policy(row.auth_policy, req.auth_policy)
         if values:
             await inbox_store.update(conn, row.id, **values)
         row = await inbox_store.get_row(conn, inbox_id)
     ctx.routing_changed()
     return inbox_store.to_inbox(row)
+
+
+def _auth_policy(stored: dict[str, str] | None, change: schemas.AuthPolicyUpdate | None) -> dict[str, str] | None:
+    """The stored ``auth_policy`` after ``change``: the given fields replace, the others stay; None = default."""
+    if change is None:
+        return stored
+    merged = {**(stored or {}), **change.model_dump(exclude_none=True)}
+    return merged or None
 
 
 async def delete(ctx: Context, who: Principal, inbox_id: str) -> None:

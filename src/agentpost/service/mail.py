@@ -214,6 +214,23 @@ async def attachment(
     )
 
 
+async def attachment_content(
+    ctx: Context, who: Principal, inbox_id: str, message_id: str, attachment_id: str
+) -> mime.ParsedAttachment:
+    """One attachment's decoded bytes, for adapters that hand content over directly (MCP) rather
+    than a download link."""
+    who.require("message_read")
+    row = await _message_row(ctx, who, inbox_id, message_id)
+    if not any(a["attachment_id"] == attachment_id for a in (row.attachments or [])):
+        raise NotFound("attachment not found")
+    async with ctx.db.read() as conn:
+        data = await message_store.raw(conn, row.blob_id)
+    for part in mime.parse(data or b"").attachments:
+        if part.attachment_id == attachment_id:
+            return part
+    raise NotFound("attachment not found")
+
+
 async def download(ctx: Context, token: str) -> tuple[bytes, str, str | None]:
     """Resolve a signed download token: (bytes, content type, filename)."""
     claims = ctx.sealer.verify(token)

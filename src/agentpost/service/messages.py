@@ -365,6 +365,7 @@ async def deliveries(ctx: Context, who: Principal, inbox_id: str, message_id: st
             "tls_version": r.tls_version,
             "tls_verified": r.tls_verified,
             "duration_ms": r.duration_ms,
+            "details": r.details,
             "timestamp": r.created_at.isoformat(),
         }
         for r in rows

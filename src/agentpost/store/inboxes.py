@@ -23,6 +23,7 @@ def to_inbox(row: Any) -> schemas.Inbox:
         client_id=row.client_id,
         status="paused" if row.status == "paused" else None,
         metadata=row.metadata,
+        auth_policy=schemas.AuthPolicy.model_validate(row.auth_policy or {}),
         updated_at=row.updated_at,
         created_at=row.created_at,
     )
@@ -46,6 +47,7 @@ async def create(
     client_id: str | None,
     status: str,
     metadata: dict[str, Any] | None,
+    auth_policy: dict[str, str] | None = None,
 ) -> Any:
     now = utcnow()
     await conn.execute(
@@ -58,6 +60,7 @@ async def create(
             client_id=client_id,
             status=status,
             metadata=metadata,
+            auth_policy=auth_policy,
             created_at=now,
             updated_at=now,
         )

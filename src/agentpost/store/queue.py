@@ -93,7 +93,7 @@ _ATTEMPT_ROWS = BulkInsert(
     delivery_attempts,
     [
         "id", "queue_id", "message_pk", "rcpt", "outcome", "remote_host", "remote_ip", "code", "enhanced", "reply",
-        "tls_version", "tls_verified", "duration_ms", "created_at",
+        "tls_version", "tls_verified", "duration_ms", "details", "created_at",
     ],
 )  # fmt: skip
 _EVENT_ROWS = BulkInsert(events, ["event_id", "organization_id", "inbox_id", "event_type", "payload", "created_at"])
@@ -204,7 +204,9 @@ _RETRY = outbound_queue.update().where(outbound_queue.c.id == sa.bindparam("item
 def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
     """Write delivery outcomes in the caller's one transaction (writer thread)."""
     now = utcnow()
-    _ATTEMPT_ROWS.execute(conn, [{"id": new_id("att_"), "created_at": now, **a} for s in batch for a in s.attempts])
+    _ATTEMPT_ROWS.execute(
+        conn, [{"id": new_id("att_"), "created_at": now, "details": None, **a} for s in batch for a in s.attempts]
+    )
     event_rows = [
         {
             "event_id": new_id("evt_"),

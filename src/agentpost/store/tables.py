@@ -116,6 +116,8 @@ inboxes = sa.Table(
     sa.Column("client_id", sa.String(200), nullable=True),
     sa.Column("status", sa.String(10), nullable=False, default="active"),
     sa.Column("metadata", sa.JSON, nullable=True),
+    # What the MX does with mail failing authentication ({"dmarc_reject", "unauthenticated"}); NULL = default.
+    sa.Column("auth_policy", sa.JSON, nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.UniqueConstraint("organization_id", "client_id"),
@@ -320,6 +322,23 @@ delivery_attempts = sa.Table(
     sa.Column("tls_verified", sa.Boolean, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=True),
     sa.Column("created_at", TS, nullable=False),
+    # What else the attempt learnt: {"mta_sts": {...}} (RFC 8461 policy applied and its result),
+    # {"tls_failure": "..."} (why TLS was not used or not verified).
+    sa.Column("details", sa.JSON, nullable=True),
+)
+
+# The last MTA-STS policy (RFC 8461 §5.1) fetched per recipient domain: enforced until expires_at,
+# across restarts, even when the policy host cannot be reached.
+mta_sts_policies = sa.Table(
+    "mta_sts_policies",
+    metadata,
+    sa.Column("domain", sa.String(255), primary_key=True),  # A-label form, lower case
+    sa.Column("policy_id", sa.String(32), nullable=False),  # the TXT record's id when fetched
+    sa.Column("mode", sa.String(10), nullable=False),  # enforce | testing | none
+    sa.Column("mx", sa.JSON, nullable=False),  # list of patterns
+    sa.Column("max_age", sa.Integer, nullable=False),
+    sa.Column("fetched_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
 )
 
 # Addresses not to send to, per organisation (inbox_id empty) or per inbox.

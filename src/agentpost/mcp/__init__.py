@@ -1,0 +1,1 @@
+"""The MCP adapter: a small tool set over service/, served on stdio (`agentpost mcp`) and at /mcp."""
