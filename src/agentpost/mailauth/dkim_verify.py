@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import time
@@ -513,6 +514,14 @@ def _load_key(records: Sequence[str], key_name: str, algorithm: str) -> tuple[_P
 
     ``algorithm`` is the signature's a=, which the key type must match.
     """
+    return _load_key_cached(tuple(records), key_name, algorithm)
+
+
+# Parsed keys by record text: one sender's mail carries the same few keys, and parsing the record
+# and loading the key cost more than verifying the signature. Keyed by the record text itself, so
+# a changed record (rotation, revocation) is parsed anew; invalid records raise and are not kept.
+@functools.lru_cache(maxsize=4096)
+def _load_key_cached(records: tuple[str, ...], key_name: str, algorithm: str) -> tuple[_PublicKey, bool, bool]:
     parsed = [tags for tags in (_parse_key_record(record) for record in records) if tags is not None]
     if not parsed:
         raise _Invalid(f"no valid DKIM key record at {key_name}")
