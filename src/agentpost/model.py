@@ -19,6 +19,17 @@ def new_id(prefix: str = "") -> str:
     return prefix + base64.b32hexencode(raw)[:26].decode().lower()
 
 
+def id_floor(prefix: str, unix_ms: int) -> str:
+    """The smallest ``new_id(prefix)`` made at or after ``unix_ms``: a time window as an id range."""
+    return prefix + base64.b32hexencode(unix_ms.to_bytes(6, "big") + bytes(10))[:26].decode().lower()
+
+
+def id_time_ms(value: str, prefix: str = "") -> int:
+    """When ``new_id(prefix)`` made ``value``, in Unix milliseconds."""
+    body = value[len(prefix) :].upper()
+    return int.from_bytes(base64.b32hexdecode(body + "======")[:6], "big")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -41,6 +41,48 @@ class AuthPolicyUpdate(Request):
     unauthenticated: Literal["label", "spam", "accept"] | None = None
 
 
+class DefaultDeny(Wire):
+    """Refuse what no allow list admits (agentpost extension): recipients of sends (``send``),
+    senders of received mail and replies (``receive``)."""
+
+    send: bool = False
+    receive: bool = False
+
+
+class DefaultDenyUpdate(Request):
+    send: bool | None = None
+    receive: bool | None = None
+
+
+class SendLimits(Wire):
+    """Sent messages per rolling hour and day (agentpost extension); null = no cap. Over a cap a
+    send is refused with 429 and ``Retry-After``."""
+
+    per_hour: int | None = Field(default=None, ge=1)
+    per_day: int | None = Field(default=None, ge=1)
+
+
+class SendLimitsUpdate(Request):
+    """The given fields replace (null removes that cap), the others stay."""
+
+    per_hour: int | None = Field(default=None, ge=1)
+    per_day: int | None = Field(default=None, ge=1)
+
+
+class LoopProtection(Wire):
+    """Mail loop protection (agentpost extension). ``per_thread_per_hour``: messages this inbox may
+    send into one thread per rolling hour (null: no cap). ``answer_auto_submitted``: allow replies to
+    automatic mail (RFC 3834 Auto-Submitted, Precedence bulk/junk/list, a null sender)."""
+
+    per_thread_per_hour: int | None = Field(default=20, ge=1)
+    answer_auto_submitted: bool = False
+
+
+class LoopProtectionUpdate(Request):
+    per_thread_per_hour: int | None = Field(default=None, ge=1)
+    answer_auto_submitted: bool | None = None
+
+
 class Inbox(Wire):
     pod_id: str
     inbox_id: str
@@ -50,6 +92,12 @@ class Inbox(Wire):
     status: Literal["active", "paused"] | None = None
     metadata: Metadata | None = None
     auth_policy: AuthPolicy = Field(default_factory=AuthPolicy)
+    # agentpost extension: sends by inbox-scoped keys wait as drafts for an org key's approval.
+    send_requires_approval: bool = False
+    # agentpost extension: guardrails (service/guardrails.py).
+    default_deny: DefaultDeny = Field(default_factory=DefaultDeny)
+    send_limits: SendLimits = Field(default_factory=SendLimits)
+    loop_protection: LoopProtection = Field(default_factory=LoopProtection)
     updated_at: datetime
     created_at: datetime
 
@@ -69,6 +117,10 @@ class CreateInbox(Request):
     status: Literal["active", "paused"] | None = None
     metadata: Metadata | None = None
     auth_policy: AuthPolicyUpdate | None = None
+    default_deny: DefaultDenyUpdate | None = None
+    send_limits: SendLimitsUpdate | None = None
+    loop_protection: LoopProtectionUpdate | None = None
+    send_requires_approval: bool | None = None
 
 
 class UpdateInbox(Request):
@@ -76,6 +128,10 @@ class UpdateInbox(Request):
     status: Literal["active", "paused"] | None = None
     metadata: dict[str, str | float | bool | None] | None = None
     auth_policy: AuthPolicyUpdate | None = None
+    default_deny: DefaultDenyUpdate | None = None
+    send_limits: SendLimitsUpdate | None = None
+    loop_protection: LoopProtectionUpdate | None = None
+    send_requires_approval: bool | None = None
 
 
 # ---- messages and threads -------------------------------------------------------------------
@@ -157,6 +213,13 @@ class ReplyMessage(SendMessage):
 class SendMessageResponse(Wire):
     message_id: str
     thread_id: str
+
+
+class PendingApproval(Wire):
+    """A send held for approval (agentpost extension, HTTP 202): the draft an org key approves or rejects."""
+
+    draft_id: str
+    status: Literal["pending_approval"] = "pending_approval"
 
 
 class ListMessages(Wire):
@@ -393,3 +456,114 @@ class ErrorBody(Wire):
     fix: str | None = None
     docs: str | None = None
     errors: list[dict[str, str]] | None = None
+
+
+# ---- drafts ---------------------------------------------------------------------------------
+
+# AgentMail's send_status, plus agentpost's "pending_approval" (held for an org key's approval).
+DraftStatus = Literal["scheduled", "sending", "failed", "pending_approval"]
+
+
+class DraftItem(Wire):
+    inbox_id: str
+    draft_id: str
+    labels: list[str]
+    to: list[str] | None = None
+    cc: list[str] | None = None
+    bcc: list[str] | None = None
+    subject: str | None = None
+    preview: str | None = None
+    attachments: list[Attachment] | None = None
+    in_reply_to: str | None = None
+    forward_of: str | None = None
+    send_status: DraftStatus | None = None
+    send_at: datetime | None = None
+    updated_at: datetime
+
+
+class Draft(DraftItem):
+    client_id: str | None = None
+    reply_to: list[str] | None = None
+    text: str | None = None
+    html: str | None = None
+    references: list[str] | None = None
+    created_at: datetime
+    # agentpost extension: why the last scheduled send failed.
+    send_error: str | None = None
+
+
+class ListDrafts(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    drafts: list[DraftItem]
+
+
+class CreateDraft(Request):
+    labels: list[str] | None = None
+    reply_to: str | list[str] | None = None
+    to: str | list[str] | None = None
+    cc: str | list[str] | None = None
+    bcc: str | list[str] | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[SendAttachment] | None = None
+    in_reply_to: str | None = None
+    forward_of: str | None = None
+    reply_all: bool | None = None
+    send_at: datetime | None = None
+    client_id: str | None = None
+
+
+class UpdateDraft(Request):
+    """Omitted fields stay; ``null`` (or ``[]``) clears; ``send_at: null`` unschedules."""
+
+    reply_to: str | list[str] | None = None
+    to: str | list[str] | None = None
+    cc: str | list[str] | None = None
+    bcc: str | list[str] | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    add_attachments: list[SendAttachment] | None = None
+    remove_attachments: list[str] | None = None
+    add_labels: list[str] | None = None
+    remove_labels: list[str] | None = None
+    send_at: datetime | None = None
+
+
+class SendDraft(Request):
+    add_labels: str | list[str] | None = None
+    remove_labels: str | list[str] | None = None
+
+
+class RejectDraft(Request):
+    reason: str | None = None
+
+
+# ---- allow/block lists ---------------------------------------------------------------------
+
+
+class ListEntry(Wire):
+    entry: str
+    organization_id: str
+    reason: str | None = None
+    direction: Literal["send", "receive", "reply"]
+    list_type: Literal["allow", "block"]
+    entry_type: Literal["email", "domain"]
+    created_at: datetime
+    read_only: bool | None = None
+    inbox_id: str | None = None  # set on inbox-scoped entries
+
+
+class ListListEntries(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    entries: list[ListEntry]
+
+
+class CreateListEntry(Request):
+    entry: str
+    reason: str | None = None

@@ -38,6 +38,7 @@ from agentpost.outbound.outcomes import Policy
 from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
 from agentpost.service import domains as domain_service
+from agentpost.service import drafts as draft_service
 from agentpost.service.context import Context, Sealer
 from agentpost.service.dnscheck import DnsSetup
 from agentpost.service.unsubscribe import address_tokens
@@ -165,6 +166,9 @@ class Running:
     # The periodic DNS re-check of hosted domains and their DKIM rotations (service/domains.py),
     # in the parent process only.
     rechecks: asyncio.Task[None] | None = None
+    # Scheduled drafts (service/drafts.py), in the parent process only; drafts are leased, so
+    # several serve instances sharing PostgreSQL send each one once.
+    scheduler: asyncio.Task[None] | None = None
 
 
 def mx_processes(config: Config) -> int:
@@ -481,7 +485,8 @@ async def start(config: Config, *, child: bool = False) -> Running:
     rechecks = None
     if not child:  # DNS re-checks (unless recheck_interval is 0) and DKIM rotation steps
         rechecks = asyncio.create_task(domain_service.run_rechecks(ctx, config.domains.recheck_interval))
-    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks)
+    scheduler = None if child else asyncio.create_task(draft_service.run_scheduled(ctx), name="drafts")
+    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks, scheduler)
 
 
 async def stop(running: Running) -> None:
@@ -491,6 +496,10 @@ async def stop(running: Running) -> None:
     running.http.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(running.http_task, 10)
+    if running.scheduler is not None:  # before the sent committer its sends go through
+        running.scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.scheduler
     if running.webhooks is not None:
         await running.webhooks.stop()
     await running.sent.stop()

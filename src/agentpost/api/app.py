@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from agentpost.api import domains, events, inboxes, keys, messages, threads, unsubscribe, webhooks
+from agentpost.api import domains, drafts, events, inboxes, keys, lists, messages, threads, unsubscribe, webhooks
 from agentpost.errors import AgentpostError, Invalid, RateLimited
 from agentpost.mcp.http import McpEndpoint
 from agentpost.service.context import Context
@@ -42,7 +42,7 @@ def create_app(ctx: Context) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for module in (inboxes, messages, threads, domains, webhooks, keys, unsubscribe, events):
+    for module in (inboxes, messages, threads, drafts, domains, webhooks, keys, unsubscribe, events, lists):
         app.include_router(module.router)
     # A plain route, not a mount: a mount answers "/mcp" with a redirect to "/mcp/".
     app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))

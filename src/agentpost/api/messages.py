@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from agentpost import schemas
@@ -31,16 +32,24 @@ async def batch_get(
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+# A send held for approval (the inbox's send_requires_approval) is accepted, not sent.
+HELD: dict[int | str, dict[str, Any]] = {202: {"model": schemas.PendingApproval}}
 
 
-@router.post(PREFIX + "/send", response_model=schemas.SendMessageResponse)
+def _answer(sent: messages.Sent) -> schemas.SendMessageResponse | JSONResponse:
+    if isinstance(sent, schemas.PendingApproval):
+        return JSONResponse(sent.model_dump(mode="json"), status_code=202)
+    return sent
+
+
+@router.post(PREFIX + "/send", response_model=schemas.SendMessageResponse, responses=HELD)
 async def send_message(
     ctx: Ctx, who: Who, inbox_id: str, body: schemas.SendMessage, idempotency_key: IdempotencyKey = None
-) -> schemas.SendMessageResponse:
-    return await messages.send(ctx, who, inbox_id, body, idempotency_key)
+) -> schemas.SendMessageResponse | JSONResponse:
+    return _answer(await messages.send(ctx, who, inbox_id, body, idempotency_key))
 
 
-@router.post(PREFIX + "/{message_id:path}/reply-all", response_model=schemas.SendMessageResponse)
+@router.post(PREFIX + "/{message_id:path}/reply-all", response_model=schemas.SendMessageResponse, responses=HELD)
 async def reply_all(
     ctx: Ctx,
     who: Who,
@@ -48,11 +57,11 @@ async def reply_all(
     message_id: str,
     body: schemas.ReplyMessage,
     idempotency_key: IdempotencyKey = None,
-) -> schemas.SendMessageResponse:
-    return await messages.reply(ctx, who, inbox_id, message_id, body, True, idempotency_key)
+) -> schemas.SendMessageResponse | JSONResponse:
+    return _answer(await messages.reply(ctx, who, inbox_id, message_id, body, True, idempotency_key))
 
 
-@router.post(PREFIX + "/{message_id:path}/reply", response_model=schemas.SendMessageResponse)
+@router.post(PREFIX + "/{message_id:path}/reply", response_model=schemas.SendMessageResponse, responses=HELD)
 async def reply(
     ctx: Ctx,
     who: Who,
@@ -60,11 +69,11 @@ async def reply(
     message_id: str,
     body: schemas.ReplyMessage,
     idempotency_key: IdempotencyKey = None,
-) -> schemas.SendMessageResponse:
-    return await messages.reply(ctx, who, inbox_id, message_id, body, False, idempotency_key)
+) -> schemas.SendMessageResponse | JSONResponse:
+    return _answer(await messages.reply(ctx, who, inbox_id, message_id, body, False, idempotency_key))
 
 
-@router.post(PREFIX + "/{message_id:path}/forward", response_model=schemas.SendMessageResponse)
+@router.post(PREFIX + "/{message_id:path}/forward", response_model=schemas.SendMessageResponse, responses=HELD)
 async def forward(
     ctx: Ctx,
     who: Who,
@@ -72,8 +81,8 @@ async def forward(
     message_id: str,
     body: schemas.SendMessage,
     idempotency_key: IdempotencyKey = None,
-) -> schemas.SendMessageResponse:
-    return await messages.forward(ctx, who, inbox_id, message_id, body, idempotency_key)
+) -> schemas.SendMessageResponse | JSONResponse:
+    return _answer(await messages.forward(ctx, who, inbox_id, message_id, body, idempotency_key))
 
 
 @router.get(PREFIX + "/{message_id:path}/deliveries")

@@ -73,7 +73,9 @@ class SendRoute:
             except pydantic.ValidationError as exc:
                 return 400, _validation(exc), []
             response = await messages.send(self.ctx, who, inbox_id, request, idempotency_key)
-            return 200, response.model_dump(mode="json"), []
+            # 202: held for approval (the inbox's send_requires_approval), as in api/messages.py.
+            status = 202 if isinstance(response, schemas.PendingApproval) else 200
+            return status, response.model_dump(mode="json"), []
         except AgentpostError as exc:
             extra: dict[str, Any] = {"fix": exc.fix}
             if isinstance(exc, Invalid) and exc.errors:

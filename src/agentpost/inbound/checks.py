@@ -13,7 +13,9 @@ from agentpost.proto.address import AddressError, parse_path
 from agentpost.proto.codes import Reply
 from agentpost.store import domains as domain_store
 from agentpost.store import inboxes as inbox_store
+from agentpost.store import lists as list_store
 from agentpost.store.db import Database
+from agentpost.store.lists import ListSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,10 @@ class Route:
     returned: Returned | None = None
     # The inbox's auth_policy, applied to this copy at DATA (inbound.verdict.decide).
     auth_policy: InboxPolicy = DEFAULT_POLICY
+    # The inbox's and its organisation's receive and reply lists, and its default_deny.receive,
+    # applied to this copy at DATA (Receiver._apply_lists): a reply is only known from its headers.
+    lists: ListSet = list_store.EMPTY
+    deny_receive: bool = False
 
 
 class RateLimiter:
@@ -96,12 +102,20 @@ class Directory:
         self._domains = (time.monotonic() + self.ttl, value)
         return value
 
-    async def inbox(self, address: str) -> tuple[str, str, InboxPolicy] | None:
-        """(organisation id, status, auth policy) of the inbox at this address, or None (uncached:
-        the RCPT decisions built on it are what ``route`` caches)."""
+    async def inbox(self, address: str) -> Route | Reply | None:
+        """The route to the inbox at this address, a refusal when it is paused, or None when there is
+        none (uncached: the RCPT decisions built on it are what ``route`` caches)."""
         async with self.db.read() as conn:
             row = await inbox_store.get_row(conn, address.lower())
-        return (row.organization_id, row.status, InboxPolicy.of(row.auth_policy)) if row is not None else None
+            if row is None:
+                return None
+            if row.status == "paused":
+                return codes.R550_INBOX_PAUSED
+            lists = await list_store.for_inbox(conn, row.organization_id, row.id, ["receive", "reply"])
+        deny = bool((row.default_deny or {}).get("receive"))
+        return Route(
+            row.id, row.organization_id, auth_policy=InboxPolicy.of(row.auth_policy), lists=lists, deny_receive=deny
+        )
 
     async def route(self, rcpt: str) -> Route | Reply:
         """RCPT TO decision (RFC 5321 §3.3): relay denied, no such user, or where it goes."""
@@ -135,12 +149,7 @@ class Directory:
             organization_id = (await self.hosted_domains()).get(address.domain, "")
             return Route(address.key, organization_id, returned)
         found = await self.inbox(address.key)
-        if found is None:
-            return codes.R550_NO_SUCH_USER
-        organization_id, status, policy = found
-        if status == "paused":
-            return codes.R550_INBOX_PAUSED
-        return Route(address.key, organization_id, auth_policy=policy)
+        return codes.R550_NO_SUCH_USER if found is None else found
 
     async def _domain_on_miss(self, domain: str) -> bool:
         # A domain added a moment ago by another process (the CLI, another MX process or node)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import format_datetime
+from email import policy as email_policy
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, getaddresses
 from typing import Any
 
 from agentpost import model
@@ -18,6 +21,7 @@ from agentpost.model import Envelope, new_id
 from agentpost.outbound.bounces import BOUNCE, ReturnedMail
 from agentpost.proto import authresults, codes, mime, text
 from agentpost.proto.threads import thread_keys
+from agentpost.store import lists as list_store
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import NewAttachment, NewMessage, Saved
@@ -58,6 +62,20 @@ class Checked:
     labels: tuple[str, ...] = ()
 
 
+_HEADERS = BytesHeaderParser(policy=email_policy.compat32)
+_MSGID = re.compile(r"<[^<>\s]{1,998}>")
+
+
+def _author_and_references(raw: bytes, mail_from: str) -> tuple[str, list[str]]:
+    """The From address (else the envelope sender) and the message ids of In-Reply-To and References
+    (RFC 5322 §3.6.4), read from the header section only."""
+    headers = _HEADERS.parsebytes(raw)
+    found = [addr for _, addr in getaddresses([str(v) for v in headers.get_all("from", [])]) if "@" in addr]
+    author = found[0].lower() if found else mail_from.lower()
+    text = " ".join(str(v) for v in [*headers.get_all("in-reply-to", []), *headers.get_all("references", [])])
+    return author, _MSGID.findall(text)[-100:]
+
+
 class Receiver:
     """inbound.receive: turns one accepted SMTP transaction into stored, threaded messages."""
 
@@ -84,6 +102,9 @@ class Receiver:
         after the commit. ``internal``: a local delivery from our own outbound (not checked)."""
         if not routes:
             raise Rejected(codes.R554_NO_VALID_RECIPIENTS, "no routed recipients")
+        routes = await self._apply_lists(envelope, raw, routes, internal)
+        if not routes:  # our own outbound, refused by every recipient's lists: nothing to store
+            return Receipt("", [])
         checked = None
         per_route: list[Checked] | None = None
         if self.authenticator is not None:
@@ -109,6 +130,42 @@ class Receiver:
             items = self.prepare(envelope, raw, routes, checked, per_route)
         saved = await self.committer.commit(items)
         return Receipt(items[0].message_id, [(r.inbox_id, s) for r, s in zip(routes, saved, strict=True)] + returned)
+
+    async def _apply_lists(self, envelope: Envelope, raw: bytes, routes: list[Route], internal: bool) -> list[Route]:
+        """The routes whose receive lists admit the sender; raises ``Rejected`` (550 5.7.1) when none do.
+
+        The sender is the RFC 5322 From address (what the agent sees and DMARC authenticates), else
+        the envelope sender. Mail whose In-Reply-To or References names a message the inbox sent is
+        a reply: the ``reply`` lists decide it first, then the ``receive`` lists; other mail only the
+        ``receive`` lists. No entry: ``default_deny.receive`` decides. As with auth policies (RFC 5321
+        §4.2.5, one reply to DATA), recipients that refuse are skipped silently when others accept.
+        Our own outbound (``internal``) refused by everyone is dropped, not refused: the send has
+        already been accepted.
+        """
+        guarded = [r for r in routes if r.returned is None and (r.lists or r.deny_receive)]
+        if not guarded:
+            return routes
+        sender, referenced = _author_and_references(raw, envelope.mail_from)
+        refused: set[str] = set()
+        for route in guarded:
+            decision = None
+            if referenced and (route.lists.has("reply") or route.deny_receive):
+                async with self.db.read() as conn:
+                    if await list_store.answers_sent(conn, route.inbox_id, referenced):
+                        decision = route.lists.decide("reply", sender)
+            if decision is None:
+                decision = route.lists.decide("receive", sender)
+            if decision == "block" or (decision is None and route.deny_receive):
+                refused.add(route.inbox_id)
+        if not refused:
+            return routes
+        kept = [r for r in routes if r.inbox_id not in refused]
+        log.info(
+            "message from %s <%s> refused by the lists of %s", envelope.client_ip, sender, ", ".join(sorted(refused))
+        )
+        if not kept and not internal:
+            raise Rejected(codes.R550_SENDER_BLOCKED, f"sender {sender} refused by the lists of {sorted(refused)}")
+        return kept
 
     def _apply_policies(
         self, envelope: Envelope, auth: AuthResults, routes: list[Route]

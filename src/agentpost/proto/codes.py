@@ -41,6 +41,8 @@ R550_NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
 R550_RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 R550_INBOX_PAUSED = Reply(550, "5.2.1", "Mailbox disabled")
 R550_DMARC_REJECT = Reply(550, "5.7.1", "Message refused by the sender domain's DMARC policy")
+# RFC 3463 §3.8 X.7.1: delivery not authorized, here by the recipient inbox's receive or reply lists.
+R550_SENDER_BLOCKED = Reply(550, "5.7.1", "Sender not accepted by the recipient's policy")
 R552_TOO_BIG = Reply(552, "5.3.4", "Message too big for system")
 R554_NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 R554_TRANSACTION_FAILED = Reply(554, "5.6.0", "Transaction failed: message refused")

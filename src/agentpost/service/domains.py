@@ -326,6 +326,8 @@ async def advance_rotation(ctx: Context, domain_id: str, domain: str) -> list[st
                     await dkim_store.switch(conn, domain_id, now)
                     done.append("switched")
             if done:
+                # Sends cache their domain's keys (service/sending.py): sign with the new ones now.
+                ctx.directory_changed()
                 log.info("domain %s: DKIM signing switched to %s", domain, ", ".join(k.selector for k in pending))
     grace = timedelta(seconds=ctx.dkim_grace_period)
     if any(k.status == RETIRING and k.retiring_at is not None and k.retiring_at < now - grace for k in states):

@@ -8,10 +8,12 @@ import secrets
 from agentpost import schemas
 from agentpost.errors import Conflict, Invalid, NotFound
 from agentpost.proto.address import AddressError, parse_address
+from agentpost.service import guardrails
 from agentpost.service.auth import Principal, forget_keys
 from agentpost.service.context import Context
 from agentpost.store import domains as domain_store
 from agentpost.store import inboxes as inbox_store
+from agentpost.store import lists as list_store
 from agentpost.store import messages as message_store
 from agentpost.store.pages import clamp_limit, decode_token, encode_token
 
@@ -63,6 +65,8 @@ async def create(ctx: Context, who: Principal, req: schemas.CreateInbox) -> tupl
             req.status or "active",
             req.metadata,
             _auth_policy(None, req.auth_policy),
+            send_requires_approval=bool(req.send_requires_approval),
+            guardrails=guardrails.settings(None, req),
         )
     ctx.routing_changed()
     return inbox_store.to_inbox(row), True
@@ -115,6 +119,11 @@ async def update(ctx: Context, who: Principal, inbox_id: str, req: schemas.Updat
             values["metadata"] = merged
         if req.auth_policy is not None:
             values["auth_policy"] = _auth_policy(row.auth_policy, req.auth_policy)
+        values.update(guardrails.settings(row, req))
+        if req.send_requires_approval is not None:
+            # Turning approval off is itself a guardrail change: only an org key may make it.
+            who.require_org()
+            values["send_requires_approval"] = req.send_requires_approval
         if values:
             await inbox_store.update(conn, row.id, **values)
         row = await inbox_store.get_row(conn, inbox_id)
@@ -138,6 +147,7 @@ async def delete(ctx: Context, who: Principal, inbox_id: str) -> None:
         if row is None or row.organization_id != who.organization_id:
             raise NotFound("inbox not found")
         await message_store.delete_inbox_mail(conn, row.id)
+        await list_store.remove_inbox(conn, row.organization_id, row.id)
         await inbox_store.delete(conn, row.id)
     ctx.routing_changed()
     forget_keys(ctx)  # keys scoped to the inbox go with it

@@ -18,7 +18,8 @@ from agentpost.proto import mime
 from agentpost.proto.address import Address, AddressError, parse_address
 from agentpost.proto.compose import ComposeError, Draft, OutgoingAttachment
 from agentpost.service import domains as domain_service
-from agentpost.service import sending
+from agentpost.service import drafts as draft_service  # a cycle: drafts sends through _submit
+from agentpost.service import guardrails, sending
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
 from agentpost.service.mail import clean_labels, owned_inbox
@@ -30,6 +31,10 @@ from agentpost.store import queue as queue_store
 from agentpost.store import suppressions as suppression_store
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+
+# What a send-like call answers: the message sent, or the draft it became when the inbox
+# requires approval (HTTP 202).
+Sent = schemas.SendMessageResponse | schemas.PendingApproval
 
 
 def _addresses(value: str | list[str] | None) -> list[str]:
@@ -92,8 +97,11 @@ async def _submit(
     labels: list[str],
     idempotency_key: str | None,
     request_hash: str,
-) -> schemas.SendMessageResponse:
-    """The one path of every send-like call. ``draft.header_from`` is set here, from the inbox."""
+    *,
+    review: bool = True,
+) -> Sent:
+    """The one path of every send-like call. ``draft.header_from`` is set here, from the inbox.
+    ``review=False``: service/drafts.py has already applied the approval guardrail (a draft send)."""
     who.check_inbox(inbox_id)
     if idempotency_key is not None:
         if not idempotency_key or len(idempotency_key) > 255:
@@ -105,12 +113,30 @@ async def _submit(
         if found is not None:
             if found[0] != request_hash:
                 raise Conflict("Idempotency-Key was used with a different request")
+            if "draft_id" in found[1]:  # the first call was held for approval
+                return schemas.PendingApproval(**found[1])
             return schemas.SendMessageResponse(**found[1])
     recipients = _recipients(draft)
-    facts = await sending.facts(ctx, inbox_id, [address.key for _, address in recipients])
+    # ---- guardrails: the replied-to message and the caps to count (service/guardrails.py) ----
+    replying_to = await guardrails.replying_to(ctx, inbox_id, draft.in_reply_to)
+    caps = guardrails.caps_for(replying_to.thread_id if replying_to is not None else None)
+    facts = await sending.facts(ctx, inbox_id, [address.key for _, address in recipients], caps)
+    # ---- end guardrails ----
     if facts.sender is None or facts.sender.inbox.organization_id != who.organization_id:
         raise NotFound("inbox not found")
     inbox = facts.sender.inbox
+    # ---- guardrails: send lists, default deny, loop protection, send caps (403 / 429) ----
+    guardrails.check_send(facts, [address.key for _, address in recipients], replying_to, guardrails.now_ms())
+    # ---- end guardrails ----
+    # ---- drafts: human approval (service/drafts.py owns the rule and the held draft); after the
+    # guardrails, so what no approver could send anyway is refused now rather than held ----
+    if review and draft_service.needs_approval(inbox, who):
+        held = await draft_service.hold(ctx, who, inbox.id, draft, labels)
+        if idempotency_key is not None:
+            async with ctx.db.write() as conn:
+                await idempotency.record(conn, who.organization_id, idempotency_key, request_hash, held.model_dump())
+        return held
+    # ---- end drafts ----
     if facts.sender.domain is None:
         raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
     domain_row = facts.sender.domain
@@ -214,7 +240,7 @@ def _from(inbox: Any) -> str:
 
 async def send(
     ctx: Context, who: Principal, inbox_id: str, req: schemas.SendMessage, idempotency_key: str | None
-) -> schemas.SendMessageResponse:
+) -> Sent:
     who.require("message_send")
     draft = Draft(
         header_from="",  # set from the inbox in _submit
@@ -247,8 +273,26 @@ async def reply(
     req: schemas.ReplyMessage,
     reply_all: bool,
     idempotency_key: str | None,
-) -> schemas.SendMessageResponse:
+) -> Sent:
     who.require("message_send")
+    draft = await compose_reply(ctx, who, inbox_id, message_id, req, reply_all)
+    labels = clean_labels(req.labels, "labels")
+    kind = "reply-all" if reply_all or req.reply_all else "reply"
+    return await _submit(
+        ctx,
+        who,
+        inbox_id,
+        draft,
+        labels,
+        idempotency_key,
+        _request_hash(kind, inbox_id, draft.in_reply_to, req, idempotency_key),
+    )
+
+
+async def compose_reply(
+    ctx: Context, who: Principal, inbox_id: str, message_id: str, req: schemas.ReplyMessage, reply_all: bool
+) -> Draft:
+    """The reply to ``message_id``: recipients, subject and threading derived from it (also a reply draft's)."""
     inbox = await owned_inbox(ctx, who, inbox_id)
     original = await _original(ctx, inbox_id, message_id)
     reply_all = reply_all or bool(req.reply_all)
@@ -279,17 +323,7 @@ async def reply(
         in_reply_to=original.message_id,
         references=references[-50:],
     )
-    labels = clean_labels(req.labels, "labels")
-    kind = "reply-all" if reply_all else "reply"
-    return await _submit(
-        ctx,
-        who,
-        inbox_id,
-        draft,
-        labels,
-        idempotency_key,
-        _request_hash(kind, inbox_id, original.message_id, req, idempotency_key),
-    )
+    return draft
 
 
 async def forward(
@@ -299,8 +333,25 @@ async def forward(
     message_id: str,
     req: schemas.SendMessage,
     idempotency_key: str | None,
-) -> schemas.SendMessageResponse:
+) -> Sent:
     who.require("message_send")
+    draft, original_id = await compose_forward(ctx, who, inbox_id, message_id, req)
+    labels = clean_labels(req.labels, "labels")
+    return await _submit(
+        ctx,
+        who,
+        inbox_id,
+        draft,
+        labels,
+        idempotency_key,
+        _request_hash("forward", inbox_id, original_id, req, idempotency_key),
+    )
+
+
+async def compose_forward(
+    ctx: Context, who: Principal, inbox_id: str, message_id: str, req: schemas.SendMessage
+) -> tuple[Draft, str]:
+    """The forward of ``message_id`` (its text quoted, its attachments kept) and its Message-ID."""
     inbox = await owned_inbox(ctx, who, inbox_id)
     original = await _original(ctx, inbox_id, message_id)
     async with ctx.db.read() as conn:
@@ -327,16 +378,7 @@ async def forward(
         attachments=attachments + _attachments(req.attachments),
         headers=dict(req.headers or {}),
     )
-    labels = clean_labels(req.labels, "labels")
-    return await _submit(
-        ctx,
-        who,
-        inbox_id,
-        draft,
-        labels,
-        idempotency_key,
-        _request_hash("forward", inbox_id, original.message_id, req, idempotency_key),
-    )
+    return draft, str(original.message_id)
 
 
 def _key(value: str) -> str:

@@ -4,10 +4,12 @@ hosted here, and which are suppressed; the seldom-changing part kept per process
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from agentpost.service.context import Context
 from agentpost.store import sending
-from agentpost.store.sending import SendingFacts
+from agentpost.store.sending import Caps, SendingFacts
 
 # Seconds an inbox's sending facts and a domain's "hosted here" answer are reused. Every send
 # read them, and those reads were a tenth of the send path's CPU. Changes made through any
@@ -18,7 +20,10 @@ SENDING_TTL = 5.0
 _MAX_ENTRIES = 10_000
 
 
-async def facts(ctx: Context, inbox_id: str, recipient_keys: list[str]) -> SendingFacts:
+async def facts(
+    ctx: Context, inbox_id: str, recipient_keys: list[str], caps: Callable[[Any], Caps] | None = None
+) -> SendingFacts:
+    """``caps`` (service/guardrails.py) names the send caps to count in the same transaction."""
     now = time.monotonic()
     epoch = ctx.directory_epoch()
     if epoch != ctx.sending_epoch:
@@ -29,7 +34,7 @@ async def facts(ctx: Context, inbox_id: str, recipient_keys: list[str]) -> Sendi
     cached = ctx.senders.get(key)
     sender = cached[1] if cached is not None and now - cached[0] < SENDING_TTL else None
     known = {name: hosted for name, (when, hosted) in _fresh(ctx, recipient_keys, now)}
-    found = await ctx.db.run_read(sending.facts, inbox_id, recipient_keys, sender, known)
+    found = await ctx.db.run_read(sending.facts, inbox_id, recipient_keys, sender, known, caps, int(time.time() * 1000))
     if len(ctx.senders) > _MAX_ENTRIES or len(ctx.receiving) > _MAX_ENTRIES:
         ctx.senders.clear()
         ctx.receiving.clear()

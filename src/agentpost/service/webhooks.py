@@ -30,6 +30,11 @@ EVENT_TYPES = frozenset(
         "message.rejected",
         "message.suppressed",
         "domain.verified",
+        # service/drafts.py: scheduled and approved sends, and the approval decisions.
+        "draft.sent",
+        "draft.pending_approval",
+        "draft.approved",
+        "draft.rejected",
     }
 )
 

@@ -24,6 +24,10 @@ def to_inbox(row: Any) -> schemas.Inbox:
         status="paused" if row.status == "paused" else None,
         metadata=row.metadata,
         auth_policy=schemas.AuthPolicy.model_validate(row.auth_policy or {}),
+        default_deny=schemas.DefaultDeny.model_validate(row.default_deny or {}),
+        send_limits=schemas.SendLimits.model_validate(row.send_limits or {}),
+        loop_protection=schemas.LoopProtection.model_validate(row.loop_protection or {}),
+        send_requires_approval=bool(row.send_requires_approval),
         updated_at=row.updated_at,
         created_at=row.created_at,
     )
@@ -48,7 +52,10 @@ async def create(
     status: str,
     metadata: dict[str, Any] | None,
     auth_policy: dict[str, str] | None = None,
+    send_requires_approval: bool = False,
+    guardrails: dict[str, Any] | None = None,
 ) -> Any:
+    """``guardrails``: the inbox's ``default_deny``, ``send_limits`` and ``loop_protection`` columns."""
     now = utcnow()
     await conn.execute(
         inboxes.insert().values(
@@ -61,6 +68,8 @@ async def create(
             status=status,
             metadata=metadata,
             auth_policy=auth_policy,
+            send_requires_approval=send_requires_approval,
+            **(guardrails or {}),
             created_at=now,
             updated_at=now,
         )

@@ -118,6 +118,14 @@ inboxes = sa.Table(
     sa.Column("metadata", sa.JSON, nullable=True),
     # What the MX does with mail failing authentication ({"dmarc_reject", "unauthenticated"}); NULL = default.
     sa.Column("auth_policy", sa.JSON, nullable=True),
+    # Guardrails (service/guardrails.py); NULL = default. {"send", "receive"}: refuse what no list allows.
+    sa.Column("default_deny", sa.JSON, nullable=True),
+    # {"per_hour", "per_day"}: sent messages per rolling window; NULL or a null field = no cap.
+    sa.Column("send_limits", sa.JSON, nullable=True),
+    # {"per_thread_per_hour", "answer_auto_submitted"}: RFC 3834 loop protection.
+    sa.Column("loop_protection", sa.JSON, nullable=True),
+    # Sends by inbox-scoped keys become drafts pending an org key's approval (service/drafts.py).
+    sa.Column("send_requires_approval", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.UniqueConstraint("organization_id", "client_id"),
@@ -351,4 +359,56 @@ suppressions = sa.Table(
     sa.Column("reason", sa.String(20), nullable=False),  # bounced | complained | unsubscribed | manual
     sa.Column("reply", sa.Text, nullable=True),
     sa.Column("created_at", TS, nullable=False),
+)
+
+# Allow/block lists per organisation (scope empty) or inbox, per direction (send, receive, reply).
+list_entries = sa.Table(
+    "list_entries",
+    metadata,
+    sa.Column("organization_id", sa.String(40), primary_key=True),
+    sa.Column("scope", sa.String(320), primary_key=True),  # "" = organisation, else an inbox id
+    sa.Column("direction", sa.String(10), primary_key=True),  # send | receive | reply
+    sa.Column("list_type", sa.String(10), primary_key=True),  # allow | block
+    sa.Column("entry", sa.String(320), primary_key=True),  # lowercased addr-spec or domain
+    sa.Column("entry_type", sa.String(10), nullable=False),  # email | domain
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+# Unsent messages: drafts an agent edits, scheduled sends (send_at) and sends held for approval.
+# A reply draft keeps its derived recipients, subject and threading; a forward draft names its
+# source (forward_of), merged in when it is sent. Attachments are kept inline (base64 in JSON).
+drafts = sa.Table(
+    "drafts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("organization_id", sa.String(40), nullable=False),
+    sa.Column("inbox_id", sa.String(320), nullable=False),
+    sa.Column("client_id", sa.String(200), nullable=True),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("to", sa.JSON, nullable=True),
+    sa.Column("cc", sa.JSON, nullable=True),
+    sa.Column("bcc", sa.JSON, nullable=True),
+    sa.Column("reply_to", sa.JSON, nullable=True),
+    sa.Column("subject", sa.Text, nullable=True),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("html", sa.Text, nullable=True),
+    sa.Column("attachments", sa.JSON, nullable=True),
+    sa.Column("headers", sa.JSON, nullable=True),
+    sa.Column("in_reply_to", sa.String(998), nullable=True),
+    sa.Column("references", sa.JSON, nullable=True),
+    sa.Column("forward_of", sa.String(998), nullable=True),
+    sa.Column("send_at", TS, nullable=True),
+    # NULL (a plain draft) | scheduled | sending | failed | pending_approval
+    sa.Column("send_status", sa.String(20), nullable=True),
+    sa.Column("send_error", sa.Text, nullable=True),
+    # store/leases.py: the scheduler claims due rows (send_at copied here) with a lease.
+    sa.Column("next_attempt_at", TS, nullable=True),
+    sa.Column("lease_until", TS, nullable=True),
+    sa.Column("requested_by", sa.String(40), nullable=True),  # the API key whose send was held
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("inbox_id", "client_id"),
+    sa.Index("ix_drafts_org_updated", "organization_id", "updated_at"),
+    sa.Index("ix_drafts_due", "send_status", "next_attempt_at"),
 )
