@@ -117,26 +117,24 @@ async def _submit(
                 return schemas.PendingApproval(**found[1])
             return schemas.SendMessageResponse(**found[1])
     recipients = _recipients(draft)
-    # ---- guardrails: the replied-to message and the caps to count (service/guardrails.py) ----
+    # Guardrails (service/guardrails.py): the replied-to message and the caps to count are read
+    # with the sending facts, in the same transaction.
     replying_to = await guardrails.replying_to(ctx, inbox_id, draft.in_reply_to)
     caps = guardrails.caps_for(replying_to.thread_id if replying_to is not None else None)
     facts = await sending.facts(ctx, inbox_id, [address.key for _, address in recipients], caps)
-    # ---- end guardrails ----
     if facts.sender is None or facts.sender.inbox.organization_id != who.organization_id:
         raise NotFound("inbox not found")
     inbox = facts.sender.inbox
-    # ---- guardrails: send lists, default deny, loop protection, send caps (403 / 429) ----
+    # Send lists, default deny, loop protection, send caps (403 / 429).
     guardrails.check_send(facts, [address.key for _, address in recipients], replying_to, guardrails.now_ms())
-    # ---- end guardrails ----
-    # ---- drafts: human approval (service/drafts.py owns the rule and the held draft); after the
-    # guardrails, so what no approver could send anyway is refused now rather than held ----
+    # Human approval (service/drafts.py owns the rule and the held draft); after the guardrails,
+    # so what no approver could send anyway is refused now rather than held.
     if review and draft_service.needs_approval(inbox, who):
         held = await draft_service.hold(ctx, who, inbox.id, draft, labels)
         if idempotency_key is not None:
             async with ctx.db.write() as conn:
                 await idempotency.record(conn, who.organization_id, idempotency_key, request_hash, held.model_dump())
         return held
-    # ---- end drafts ----
     if facts.sender.domain is None:
         raise Invalid("the inbox's domain is no longer hosted", [{"path": "inbox_id", "message": "domain removed"}])
     domain_row = facts.sender.domain
