@@ -1,16 +1,20 @@
 """A webhook receiver that verifies agentpost's Standard Webhooks signatures and prints each event.
 
-Run it beside `make run`:
-
-    .venv/bin/python examples/webhook_receiver.py --port 9000 --secret whsec_...
-
-then subscribe it (the secret comes back from this call):
+Run it beside `make run`. First register it; the answer holds the webhook's `secret`:
 
     curl -s -X POST http://127.0.0.1:8080/v0/webhooks -H "Authorization: Bearer $KEY" \\
       -H 'content-type: application/json' \\
       -d '{"url": "http://127.0.0.1:9000/hook", "event_types": ["message.received"]}'
 
-A request whose signature does not verify gets 401 and is not printed.
+(or with the SDK: `client.webhooks.create(url=..., event_types=["message.received"]).secret`;
+add `"inbox_ids": ["agent@agents.example"]` or use `/v0/inboxes/{inbox_id}/webhooks` for one
+inbox). Then start the receiver with that secret:
+
+    .venv/bin/python examples/webhook_receiver.py --port 9000 --secret whsec_...
+
+Deliveries attempted before it listens are retried, so the order does not lose events. A
+request whose signature does not verify gets 401 and is not printed; a retried or replayed
+event (same `event_id`) is acknowledged but printed once.
 """
 
 from __future__ import annotations

@@ -208,6 +208,9 @@ class WebhookConfig(Section):
     max_age: float = 3 * 24 * 3600.0
     timeout: float = 10.0
     concurrency: int = 8
+    # Failed attempts in a row (across events) after which a webhook is disabled, with a
+    # webhook.disabled event; a success resets the run. 0 never disables.
+    disable_after_failures: int = Field(default=50, ge=0)
 
 
 class Config(Section):
@@ -409,4 +412,5 @@ retry_schedule = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800]
 max_age = 259200.0
 timeout = 10.0
 concurrency = 8
+disable_after_failures = 50
 """

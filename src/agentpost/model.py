@@ -62,3 +62,7 @@ LABEL_REPORT = "report"
 LABEL_BULK = "bulk"
 HIDDEN_LABELS = (LABEL_SPAM, LABEL_BLOCKED, LABEL_UNAUTHENTICATED, LABEL_TRASH)
 SYSTEM_LABELS = frozenset({LABEL_RECEIVED, LABEL_SENT, LABEL_AUTO_REPLY, LABEL_BOUNCE, LABEL_REPORT, LABEL_BULK})
+# Labels no API call may add or remove: they record what the pipelines saw (direction, the
+# sender's authentication, an allow/block list hit). "spam", "trash" and "unread" stay the
+# caller's to change.
+PROTECTED_LABELS = SYSTEM_LABELS | {LABEL_UNAUTHENTICATED, LABEL_BLOCKED}

@@ -256,6 +256,38 @@ class BatchGetMessagesResponse(Wire):
     messages: list[Message]
 
 
+class BatchUpdateMessages(Request):
+    message_ids: list[str]
+    add_labels: str | list[str] | None = None
+    remove_labels: str | list[str] | None = None
+
+
+class BatchUpdateMessagesResponse(Wire):
+    limit: int
+    count: int
+    updates: list[UpdateMessageResponse]  # in request order; ids not found are left out
+
+
+class SearchHighlights(Wire):
+    """Matched fragments per field, matched words wrapped in `**`; a key only for a field that matched."""
+
+    from_: list[str] | None = Field(default=None, alias="from")
+    recipients: list[str] | None = None
+    subject: list[str] | None = None
+    text: list[str] | None = None
+
+
+class SearchMessageItem(MessageItem):
+    highlights: SearchHighlights | None = None
+
+
+class SearchMessagesResponse(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    messages: list[SearchMessageItem]  # best match first
+
+
 class ThreadItem(Wire):
     inbox_id: str
     thread_id: str
@@ -287,6 +319,17 @@ class ListThreads(Wire):
     limit: int | None = None
     next_page_token: str | None = None
     threads: list[ThreadItem]
+
+
+class SearchThreadItem(ThreadItem):
+    highlights: SearchHighlights | None = None
+
+
+class SearchThreadsResponse(Wire):
+    count: int
+    limit: int | None = None
+    next_page_token: str | None = None
+    threads: list[SearchThreadItem]  # best match first
 
 
 class UpdateThreadResponse(Wire):
@@ -392,6 +435,16 @@ class UpdateWebhook(Request):
     remove_inbox_ids: list[str] | None = None
     add_pod_ids: list[str] | None = None
     remove_pod_ids: list[str] | None = None
+
+
+class ReplayWebhook(Request):
+    after: datetime
+    before: datetime
+
+
+class WebhookReplay(Wire):
+    webhook_id: str
+    count: int
 
 
 # ---- API keys and identity -------------------------------------------------------------------

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from agentpost import schemas
 from agentpost.api.deps import Ctx, Q, Who
-from agentpost.service import mail, messages
+from agentpost.service import mail, messages, search
 
 router = APIRouter(tags=["messages"])
 PREFIX = "/v0/inboxes/{inbox_id}/messages"
@@ -29,6 +29,23 @@ async def batch_get(
     ctx: Ctx, who: Who, inbox_id: str, body: schemas.BatchGetMessages
 ) -> schemas.BatchGetMessagesResponse:
     return await mail.batch_get(ctx, who, inbox_id, body.message_ids)
+
+
+@router.post(
+    PREFIX + "/batch-update", response_model=schemas.BatchUpdateMessagesResponse, response_model_exclude_none=True
+)
+async def batch_update(
+    ctx: Ctx, who: Who, inbox_id: str, body: schemas.BatchUpdateMessages
+) -> schemas.BatchUpdateMessagesResponse:
+    return await mail.batch_update(ctx, who, inbox_id, body)
+
+
+@router.get(PREFIX + "/search", response_model=schemas.SearchMessagesResponse, response_model_exclude_none=True)
+async def search_messages(
+    ctx: Ctx, who: Who, inbox_id: str, q: Annotated[str, Query()], listing: Q
+) -> schemas.SearchMessagesResponse:
+    # Declared before GET {message_id:path}, which would otherwise take "search" as an id.
+    return await search.search_messages(ctx, who, inbox_id, listing, q)
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]

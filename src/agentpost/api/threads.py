@@ -1,12 +1,14 @@
-"""/v0/threads and /v0/inboxes/{inbox_id}/threads"""
+"""/v0/threads and /v0/inboxes/{inbox_id}/threads: list, search, get, labels, delete, attachments."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from agentpost import schemas
 from agentpost.api.deps import Ctx, Q, Who
-from agentpost.service import mail
+from agentpost.service import mail, search
 
 router = APIRouter(tags=["threads"])
 
@@ -19,6 +21,18 @@ async def list_all(ctx: Ctx, who: Who, q: Q) -> schemas.ListThreads:
 @router.get("/v0/inboxes/{inbox_id}/threads", response_model=schemas.ListThreads, response_model_exclude_none=True)
 async def list_inbox(ctx: Ctx, who: Who, inbox_id: str, q: Q) -> schemas.ListThreads:
     return await mail.list_threads(ctx, who, inbox_id, q)
+
+
+@router.get(
+    "/v0/inboxes/{inbox_id}/threads/search",
+    response_model=schemas.SearchThreadsResponse,
+    response_model_exclude_none=True,
+)
+async def search_inbox(
+    ctx: Ctx, who: Who, inbox_id: str, q: Annotated[str, Query()], listing: Q
+) -> schemas.SearchThreadsResponse:
+    # Declared before GET .../threads/{thread_id}, which would otherwise take "search" as an id.
+    return await search.search_threads(ctx, who, inbox_id, listing, q)
 
 
 @router.get("/v0/threads/{thread_id}", response_model=schemas.Thread, response_model_exclude_none=True)

@@ -152,7 +152,8 @@ class WebhookWorker:
                 envelope = await event_store.render(conn, item.event)
             attempts = item.attempts + 1
             if envelope is None:
-                await self._record(item, "failed", attempts, None, "event subject no longer exists")
+                # Not the receiver's fault: it does not count towards disabling the webhook.
+                await self._record(item, "failed", attempts, None, "event subject no longer exists", counts=False)
                 return
             body = json.dumps(envelope, separators=(",", ":")).encode()
             status_code: int | None = None
@@ -178,9 +179,16 @@ class WebhookWorker:
             await self._record(item, "failed" if expired else "pending", attempts, status_code, error)
 
     async def _record(
-        self, item: Claimed, status: str, attempts: int, http_status: int | None, error: str | None
+        self,
+        item: Claimed,
+        status: str,
+        attempts: int,
+        http_status: int | None,
+        error: str | None,
+        counts: bool = True,
     ) -> None:
         delay = self.backoff(attempts) if status == "pending" else 0.0
+        disabled: str | None = None
         async with self.db.write() as conn:
             await webhook_store.record_attempt(
                 conn,
@@ -191,3 +199,15 @@ class WebhookWorker:
                 http_status=http_status,
                 error=error,
             )
+            if status == "delivered":
+                await webhook_store.record_success(conn, item.webhook.id)
+            elif counts:
+                disabled = await webhook_store.record_failure(conn, item.webhook.id, self.config.disable_after_failures)
+        if disabled is not None:
+            log.warning(
+                "webhook %s disabled after %d consecutive failed deliveries (event %s)",
+                item.webhook.id,
+                self.config.disable_after_failures,
+                disabled,
+            )
+            self.bus.published()  # the webhook.disabled event is in the log: wake its readers

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from agentpost import model, schemas
-from agentpost.errors import Invalid, NotFound
+from agentpost.errors import Forbidden, Invalid, NotFound
 from agentpost.proto import mime
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
@@ -38,7 +38,7 @@ class Listing:
     subject: list[str] | None = None
 
 
-def _filter(who: Principal, q: Listing) -> MessageFilter:
+def listing_filter(who: Principal, q: Listing) -> MessageFilter:
     wanted = set(q.labels or [])
     exclude = []
     for label, include, permission in (
@@ -75,7 +75,7 @@ def clean_labels(values: str | list[str] | None, field: str) -> list[str]:
     return items
 
 
-async def _inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> Any:
+async def inbox_row_checked(conn: Any, who: Principal, inbox_id: str) -> Any:
     """The inbox row, or NotFound when it does not exist or belongs to another organisation."""
     row = await inbox_store.get_row(conn, inbox_id)
     if row is None or row.organization_id != who.organization_id:
@@ -87,7 +87,7 @@ async def owned_inbox(ctx: Context, who: Principal, inbox_id: str) -> Any:
     """The inbox row, checked against the key's scope and organisation (404 otherwise)."""
     who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:
-        return await _inbox_row_checked(conn, who, inbox_id)
+        return await inbox_row_checked(conn, who, inbox_id)
 
 
 Row = TypeVar("Row")
@@ -112,13 +112,13 @@ async def _page(
     n = clamp_limit(q.limit)
     async with ctx.db.read() as conn:
         if inbox_id is not None:
-            await _inbox_row_checked(conn, who, inbox_id)
+            await inbox_row_checked(conn, who, inbox_id)
             inbox_id = inbox_id.lower()
         rows = await fetch(
             conn,
             organization_id=who.organization_id,
             inbox_id=inbox_id,
-            flt=_filter(who, q),
+            flt=listing_filter(who, q),
             limit=n,
             cursor=decode_token(q.page_token),
         )
@@ -134,7 +134,7 @@ async def list_messages(ctx: Context, who: Principal, inbox_id: str | None, q: L
 async def _message_row(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> Any:
     who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:
-        await _inbox_row_checked(conn, who, inbox_id)
+        await inbox_row_checked(conn, who, inbox_id)
         row = await message_store.get_row(conn, inbox_id.lower(), message_id)
     if row is None:
         raise NotFound("message not found")
@@ -147,43 +147,100 @@ async def get_message(ctx: Context, who: Principal, inbox_id: str, message_id: s
     return message_store.to_message(row)
 
 
+BATCH_GET_LIMIT = 500
+
+
 async def batch_get(
     ctx: Context, who: Principal, inbox_id: str, message_ids: list[str]
 ) -> schemas.BatchGetMessagesResponse:
+    """Many messages in one read; unknown ids are left out, so ``count < limit`` tells of misses."""
     who.require("message_read")
-    if len(message_ids) > 100:
-        raise Invalid("at most 100 message_ids", [{"path": "message_ids", "message": "at most 100"}])
+    if len(message_ids) > BATCH_GET_LIMIT:
+        raise Invalid(
+            f"at most {BATCH_GET_LIMIT} message_ids", [{"path": "message_ids", "message": f"at most {BATCH_GET_LIMIT}"}]
+        )
+    who.check_inbox(inbox_id)
     found = []
-    for message_id in message_ids:
-        try:
-            found.append(await get_message(ctx, who, inbox_id, message_id))
-        except NotFound:
-            continue
-    return schemas.BatchGetMessagesResponse(limit=100, count=len(found), messages=found)
+    async with ctx.db.read() as conn:
+        await inbox_row_checked(conn, who, inbox_id)
+        for message_id in message_ids:
+            row = await message_store.get_row(conn, inbox_id.lower(), message_id)
+            if row is not None:
+                found.append(message_store.to_message(row))
+    return schemas.BatchGetMessagesResponse(limit=len(message_ids), count=len(found), messages=found)
+
+
+def _label_change(who: Principal, add_labels: Any, remove_labels: Any) -> tuple[set[str], set[str]]:
+    """The checked (add, remove) sets of a label update."""
+    add = set(clean_labels(add_labels, "add_labels"))
+    remove = set(clean_labels(remove_labels, "remove_labels"))
+    for path, values in (("add_labels", add), ("remove_labels", remove)):
+        protected = model.PROTECTED_LABELS & values
+        if protected:
+            raise Invalid(
+                f"system labels cannot be changed: {', '.join(sorted(protected))}",
+                [{"path": path, "message": "system labels are set by agentpost only"}],
+            )
+    for label, permission in ((model.LABEL_SPAM, "label_spam_read"), (model.LABEL_TRASH, "label_trash_read")):
+        # Moving mail into or out of a hidden label is for keys that may see that label.
+        if label in add | remove and not who.can(permission):
+            raise Forbidden(f"changing the {label} label needs the {permission} permission")
+    return add, remove
 
 
 async def update_labels(
     ctx: Context, who: Principal, inbox_id: str, message_id: str, req: schemas.UpdateLabels
 ) -> schemas.UpdateMessageResponse:
     who.require("message_update")
-    add = clean_labels(req.add_labels, "add_labels")
-    remove = clean_labels(req.remove_labels, "remove_labels")
-    protected = model.SYSTEM_LABELS & (set(add) | set(remove))
-    if protected:
-        raise Invalid(
-            f"system labels cannot be changed: {', '.join(sorted(protected))}",
-            [{"path": "add_labels", "message": "system label"}],
-        )
+    add, remove = _label_change(who, req.add_labels, req.remove_labels)
     who.check_inbox(inbox_id)
     async with ctx.db.write() as conn:
-        await _inbox_row_checked(conn, who, inbox_id)
+        await inbox_row_checked(conn, who, inbox_id)
         row = await message_store.get_row(conn, inbox_id.lower(), message_id)
         if row is None:
             raise NotFound("message not found")
-        labels = (set(labelset.load(row.labels)) | set(add)) - set(remove)
+        labels = (set(labelset.load(row.labels)) | add) - remove
         await message_store.set_labels(conn, row.id, sorted(labels))
         await message_store.refresh_thread_labels(conn, row.thread_id)
     return schemas.UpdateMessageResponse(message_id=row.message_id, labels=sorted(labels))
+
+
+BATCH_UPDATE_LIMIT = 50
+
+
+async def batch_update(
+    ctx: Context, who: Principal, inbox_id: str, req: schemas.BatchUpdateMessages
+) -> schemas.BatchUpdateMessagesResponse:
+    """One label change applied to many messages in one transaction; unknown ids are left out."""
+    who.require("message_update")
+    if not req.message_ids or len(req.message_ids) > BATCH_UPDATE_LIMIT:
+        raise Invalid(
+            f"message_ids must hold 1 to {BATCH_UPDATE_LIMIT} ids",
+            [{"path": "message_ids", "message": f"1 to {BATCH_UPDATE_LIMIT} ids"}],
+        )
+    if req.add_labels is None and req.remove_labels is None:
+        raise Invalid(
+            "add_labels or remove_labels is required", [{"path": "add_labels", "message": "nothing to change"}]
+        )
+    add, remove = _label_change(who, req.add_labels, req.remove_labels)
+    who.check_inbox(inbox_id)
+    updates: list[schemas.UpdateMessageResponse] = []
+    async with ctx.db.write() as conn:
+        await inbox_row_checked(conn, who, inbox_id)
+        touched_threads: set[str] = set()
+        done: set[str] = set()
+        for message_id in req.message_ids:
+            row = await message_store.get_row(conn, inbox_id.lower(), message_id)
+            if row is None or row.id in done:
+                continue
+            done.add(row.id)
+            labels = (set(labelset.load(row.labels)) | add) - remove
+            await message_store.set_labels(conn, row.id, sorted(labels))
+            touched_threads.add(row.thread_id)
+            updates.append(schemas.UpdateMessageResponse(message_id=row.message_id, labels=sorted(labels)))
+        for thread_id in sorted(touched_threads):
+            await message_store.refresh_thread_labels(conn, thread_id)
+    return schemas.BatchUpdateMessagesResponse(limit=len(req.message_ids), count=len(updates), updates=updates)
 
 
 async def raw_download(ctx: Context, who: Principal, inbox_id: str, message_id: str) -> schemas.RawMessage:
@@ -278,7 +335,7 @@ async def get_thread(ctx: Context, who: Principal, inbox_id: str | None, thread_
     who.require("message_read")
     row = await _thread_row(ctx, who, inbox_id, thread_id)
     async with ctx.db.read() as conn:
-        msgs = await message_store.thread_messages(conn, thread_id, _filter(who, q).exclude_labels)
+        msgs = await message_store.thread_messages(conn, thread_id, listing_filter(who, q).exclude_labels)
     item = message_store.to_thread_item(row)
     return schemas.Thread(**item.model_dump(), count=len(msgs), limit=None, next_page_token=None, messages=msgs)
 
@@ -287,13 +344,10 @@ async def update_thread_labels(
     ctx: Context, who: Principal, inbox_id: str | None, thread_id: str, req: schemas.UpdateLabels
 ) -> schemas.UpdateThreadResponse:
     who.require("message_update")
-    add = clean_labels(req.add_labels, "add_labels")
-    remove = clean_labels(req.remove_labels, "remove_labels")
-    if model.SYSTEM_LABELS & (set(add) | set(remove)):
-        raise Invalid("system labels cannot be changed", [{"path": "add_labels", "message": "system label"}])
+    add, remove = _label_change(who, req.add_labels, req.remove_labels)
     await _thread_row(ctx, who, inbox_id, thread_id)
     async with ctx.db.write() as conn:
-        labels = await message_store.set_thread_labels(conn, thread_id, add, remove)
+        labels = await message_store.set_thread_labels(conn, thread_id, sorted(add), sorted(remove))
     return schemas.UpdateThreadResponse(thread_id=thread_id, labels=labels)
 
 

@@ -242,6 +242,12 @@ webhooks = sa.Table(
     sa.Column("headers_enc", sa.Text, nullable=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("client_id", sa.String(200), nullable=True),
+    # The inbox a webhook was created through (an inbox route or an inbox-scoped key): it stays
+    # limited to that inbox. None for an organisation webhook.
+    sa.Column("inbox_id", sa.String(320), nullable=True),
+    # Failed attempts since the last success; at [webhooks] disable_after_failures it is disabled.
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.UniqueConstraint("organization_id", "client_id"),

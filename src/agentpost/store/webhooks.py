@@ -54,12 +54,34 @@ async def delete(conn: AsyncConnection, webhook_id: str) -> None:
 
 
 def matches(hook: Any, event: event_store.EventRow) -> bool:
-    if not hook.enabled or hook.organization_id != event.organization_id:
+    if not hook.enabled:
+        return False
+    return _selects(hook, event)
+
+
+def _selects(hook: Any, event: event_store.EventRow) -> bool:
+    """Whether ``event`` is one ``hook`` subscribes to, enabled or not."""
+    if hook.organization_id != event.organization_id:
         return False
     if event.event_type not in (hook.event_types or []):
         return False
+    if hook.inbox_id is not None and event.inbox_id != hook.inbox_id:
+        return False
     inbox_ids = hook.inbox_ids
     return not inbox_ids or (event.inbox_id is not None and event.inbox_id in inbox_ids)
+
+
+def _delivery(webhook_id: str, event_pk: int, now: datetime) -> dict[str, Any]:
+    return {
+        "id": new_id("whd_"),
+        "webhook_id": webhook_id,
+        "event_pk": event_pk,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def fan_out(conn: AsyncConnection, batch: int = 500) -> int:
@@ -89,18 +111,7 @@ async def fan_out(conn: AsyncConnection, batch: int = 500) -> int:
         for hook in hooks:
             # Only events after the webhook's creation: a new subscription does not replay history.
             if matches(hook, event) and event.created_at >= hook.created_at:
-                rows.append(
-                    {
-                        "id": new_id("whd_"),
-                        "webhook_id": hook.id,
-                        "event_pk": event.pk,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
+                rows.append(_delivery(hook.id, event.pk, now))
     if rows:
         await conn.execute(webhook_deliveries.insert(), rows)
     await conn.execute(cursors.update().where(cursors.c.name == FANOUT_CURSOR).values(position=position))
@@ -116,8 +127,15 @@ class Claimed:
     created_at: datetime
 
 
+# Deliveries of a disabled webhook wait where they are: re-enabling it resumes them.
+_DELIVERABLE = sa.and_(
+    webhook_deliveries.c.status == "pending",
+    webhook_deliveries.c.webhook_id.in_(sa.select(webhooks.c.id).where(webhooks.c.enabled.is_(True))),
+)
+
+
 async def claim_due(conn: AsyncConnection, limit: int, lease: timedelta) -> list[Claimed]:
-    rows = await leases.claim(conn, webhook_deliveries, webhook_deliveries.c.status == "pending", limit, lease)
+    rows = await leases.claim(conn, webhook_deliveries, _DELIVERABLE, limit, lease)
     if not rows:
         return []
     hook_rows = {
@@ -179,7 +197,7 @@ async def deliveries_for(conn: AsyncConnection, webhook_id: str) -> list[Any]:
 
 
 async def next_due(conn: AsyncConnection) -> datetime | None:
-    query = sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(webhook_deliveries.c.status == "pending")
+    query = sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(_DELIVERABLE)
     value = (await conn.execute(query)).scalar_one_or_none()
     return value if isinstance(value, datetime) else None
 
@@ -188,3 +206,82 @@ async def any_enabled(conn: AsyncConnection) -> bool:
     return (
         await conn.execute(sa.select(webhooks.c.id).where(webhooks.c.enabled.is_(True)).limit(1))
     ).first() is not None
+
+
+async def record_success(conn: AsyncConnection, webhook_id: str) -> None:
+    """A 2xx ends the webhook's run of failures."""
+    await conn.execute(
+        webhooks.update()
+        .where(webhooks.c.id == webhook_id, webhooks.c.consecutive_failures != 0)
+        .values(consecutive_failures=0)
+    )
+
+
+async def record_failure(conn: AsyncConnection, webhook_id: str, disable_after: int) -> str | None:
+    """Count a failed attempt; at ``disable_after`` in a row disable the webhook.
+
+    Returns the ``webhook.disabled`` event id when this failure disabled it. The increment and the
+    conditional disable are single statements, so concurrent failures (several deliveries in
+    flight, several nodes) disable it and log the event exactly once.
+    """
+    await conn.execute(
+        webhooks.update()
+        .where(webhooks.c.id == webhook_id)
+        .values(consecutive_failures=webhooks.c.consecutive_failures + 1)
+    )
+    if disable_after <= 0:
+        return None
+    reason = f"{disable_after} consecutive failed deliveries"
+    result = await conn.execute(
+        webhooks.update()
+        .where(
+            webhooks.c.id == webhook_id,
+            webhooks.c.enabled.is_(True),
+            webhooks.c.consecutive_failures >= disable_after,
+        )
+        .values(enabled=False, disabled_reason=reason, updated_at=utcnow())
+    )
+    if result.rowcount != 1:
+        return None
+    hook = (await conn.execute(sa.select(webhooks).where(webhooks.c.id == webhook_id))).one()
+    return await event_store.append(
+        conn,
+        hook.organization_id,
+        hook.inbox_id,
+        "webhook.disabled",
+        {
+            "webhook": {
+                "webhook_id": hook.id,
+                "url": hook.url,
+                "consecutive_failures": hook.consecutive_failures,
+                "reason": reason,
+            }
+        },
+    )
+
+
+async def replay(conn: AsyncConnection, hook: Any, after: datetime, before: datetime, limit: int) -> int:
+    """Queue a new delivery of every event in [after, before) the webhook subscribes to.
+
+    Only events the fan-out has passed: later ones reach the webhook through it anyway. The
+    deliveries carry the original event, so receivers see the same ``event_id`` and can dedupe.
+    """
+    position = await event_store.get_cursor(conn, FANOUT_CURSOR) or 0
+    query = sa.select(events).where(
+        events.c.organization_id == hook.organization_id,
+        events.c.id <= position,
+        events.c.created_at >= after,
+        events.c.created_at < before,
+        events.c.event_type.in_(list(hook.event_types or [])),
+    )
+    if hook.inbox_id is not None:
+        query = query.where(events.c.inbox_id == hook.inbox_id)
+    if hook.inbox_ids:
+        query = query.where(events.c.inbox_id.in_(list(hook.inbox_ids)))
+    now = utcnow()
+    # The same selection as _selects, in SQL.
+    pks = (await conn.execute(query.with_only_columns(events.c.id).order_by(events.c.id).limit(limit))).scalars()
+    rows = [_delivery(hook.id, pk, now) for pk in pks]
+    if rows:
+        await conn.execute(webhook_deliveries.insert(), rows)
+    return len(rows)
