@@ -3,6 +3,7 @@ sending (send_at) and sends held for human approval (send_requires_approval)."""
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentmail import AgentMail
+from agentmail import AgentMail, SendAttachment
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
 from agentmail.inboxes.types import CreateInboxRequest
@@ -103,6 +104,41 @@ def test_draft_create_list_get_update_delete_and_send_round_trip(client: AgentMa
     with pytest.raises(NotFoundError):
         client.inboxes.drafts.get(alice, doomed.draft_id)
     assert client.inboxes.drafts.list(alice).count == 0
+
+
+def test_a_draft_attachment_is_downloaded_through_a_signed_link_until_the_draft_is_sent(
+    client: AgentMail, shared_server: AgentpostServer
+) -> None:
+    alice, bob = _inbox(client, "alice"), _inbox(client, "bob")
+    content = b"%PDF-1.4 quarterly figures"
+    attachment = SendAttachment(
+        filename="q3.pdf", content_type="application/pdf", content=base64.b64encode(content).decode()
+    )
+    draft = client.inboxes.drafts.create(alice, to=[bob], subject="Figures", text="attached", attachments=[attachment])
+    [meta] = draft.attachments or []
+
+    got = client.inboxes.drafts.get_attachment(alice, draft.draft_id, meta.attachment_id)
+    assert got.attachment_id == meta.attachment_id and got.filename == "q3.pdf" and got.size == len(content)
+    assert got.content_type == "application/pdf" and got.expires_at > datetime.now(UTC)
+    # The link is the credential: no API key needed.
+    download = httpx.get(got.download_url)
+    assert download.status_code == 200 and download.content == content
+    assert download.headers["content-type"] == "application/pdf" and "q3.pdf" in download.headers["content-disposition"]
+    org_wide = client.drafts.get_attachment(draft.draft_id, meta.attachment_id)
+    assert org_wide.attachment_id == meta.attachment_id and httpx.get(org_wide.download_url).content == content
+
+    # Outside the key's scope, through another inbox, or an unknown id: 404.
+    bobs = sdk(shared_server, _inbox_key(shared_server, bob))
+    with pytest.raises(NotFoundError):
+        bobs.drafts.get_attachment(draft.draft_id, meta.attachment_id)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get_attachment(bob, draft.draft_id, meta.attachment_id)
+    with pytest.raises(NotFoundError):
+        client.inboxes.drafts.get_attachment(alice, draft.draft_id, "att_nope")
+
+    # A sent draft is gone, and so are its links.
+    client.inboxes.drafts.send(alice, draft.draft_id)
+    assert httpx.get(got.download_url).status_code == 404
 
 
 def test_a_draft_is_seen_only_through_its_inbox_and_by_keys_that_see_it(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from agentpost.errors import Unauthorized
 from agentpost.mcp.tools import ToolContext, build_server
 from agentpost.serve import standalone_context
 from agentpost.service import domains as domain_service
+from agentpost.service import drafts as draft_service
 from agentpost.service import inboxes as inbox_service
 from agentpost.service import keys as key_service
 from agentpost.service import messages as message_service
@@ -32,6 +34,8 @@ TOOLS = {
     "send_message",
     "reply_to_message",
     "forward_message",
+    "create_draft",
+    "send_draft",
     "get_attachment",
     "wait_for_message",
 }
@@ -194,6 +198,97 @@ async def test_attachments_come_back_as_text_html_as_text_and_binary_as_metadata
     assert "text" not in results["image.png"] and "not text" in results["image.png"]["note"]
     assert results["image.png"]["size"] == 72
     assert all(r["auth"] is not None and "untrusted" in r["notice"] for r in results.values())
+
+
+async def test_a_draft_is_created_then_sent_and_the_recipient_gets_it(ctx: Context) -> None:
+    started = datetime.now(UTC)
+    async with Client(keyed(ctx, await org_key(ctx))) as client:
+        draft = data(
+            await client.call_tool(
+                "create_draft",
+                {"inbox_id": "agent@corp.test", "to": ["alice@corp.test"], "subject": "Minutes", "text": "Notes."},
+            )
+        )
+        assert draft["draft_id"].startswith("drf_") and draft["to"] == ["alice@corp.test"]
+        assert draft["subject"] == "Minutes" and "send_status" not in draft
+        sent = data(
+            await client.call_tool("send_draft", {"inbox_id": "agent@corp.test", "draft_id": draft["draft_id"]})
+        )
+        assert sent["message_id"] and sent["thread_id"]
+        since = {"after_timestamp": started.isoformat(), "timeout": 10}
+        got = data(await client.call_tool("wait_for_message", {"inbox_id": "alice@corp.test", **since}))
+        [message] = got["messages"]
+        assert message["message_id"] == sent["message_id"] and message["subject"] == "Minutes"
+        assert "Notes." in message["text"]
+
+        # A reply draft takes recipients and subject from the message; send_at schedules it.
+        reply = data(
+            await client.call_tool(
+                "create_draft",
+                {
+                    "inbox_id": "alice@corp.test",
+                    "in_reply_to": message["message_id"],
+                    "reply_all": False,
+                    "text": "Thanks.",
+                    "send_at": "2099-01-01T09:00:00Z",
+                },
+            )
+        )
+        assert reply["to"] == ["agent@corp.test"] and reply["subject"] == "Re: Minutes"
+        assert reply["in_reply_to"] == message["message_id"] and reply["send_status"] == "scheduled"
+        # A sent draft is gone.
+        again = await client.call_tool("send_draft", {"inbox_id": "agent@corp.test", "draft_id": draft["draft_id"]})
+        assert error_text(again) == "draft not found"
+
+
+async def test_a_draft_sent_by_an_inbox_scoped_key_on_an_approval_inbox_waits_for_approval(ctx: Context) -> None:
+    operator = await key_service.operator(ctx)
+    req = schemas.CreateInbox(username="guarded", domain="corp.test", send_requires_approval=True)
+    await inbox_service.create(ctx, operator, req)
+    scoped = await key_service.create(ctx, operator, schemas.CreateApiKey(name="agent", inbox_id="guarded@corp.test"))
+    async with Client(keyed(ctx, scoped.api_key)) as client:
+        args = {"inbox_id": "guarded@corp.test", "to": ["alice@corp.test"], "subject": "Refund", "text": "$5,000"}
+        draft = data(await client.call_tool("create_draft", args))
+        held = data(
+            await client.call_tool("send_draft", {"inbox_id": "guarded@corp.test", "draft_id": draft["draft_id"]})
+        )
+    assert held == {"draft_id": draft["draft_id"], "status": "pending_approval"}
+    stored = await draft_service.get(ctx, operator, "guarded@corp.test", draft["draft_id"])
+    assert stored.send_status == "pending_approval"
+    async with Client(keyed(ctx, await org_key(ctx))) as client:
+        idle = data(await client.call_tool("wait_for_message", {"inbox_id": "alice@corp.test", "timeout": 0.5}))
+    assert idle["timed_out"] is True
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ({"subject": "s", "text": "t"}, "a new draft needs `to` and `subject`"),
+        ({"to": ["alice@corp.test"], "text": "t"}, "a new draft needs `to` and `subject`"),
+        ({"to": ["alice@corp.test"], "subject": "s"}, "give the body as `text`"),
+        (
+            {"to": ["alice@corp.test"], "subject": "s", "text": "t", "reply_all": True},
+            "reply_all goes with in_reply_to",
+        ),
+        ({"in_reply_to": "<x@y>", "reply_all": False, "subject": "s", "text": "t"}, "omit subject"),
+        (
+            {"in_reply_to": "<x@y>", "reply_all": False, "to": ["a@corp.test"], "cc": ["b@corp.test"], "text": "t"},
+            "omit to, cc",
+        ),
+        ({"in_reply_to": "<x@y>", "text": "t"}, "a reply draft needs reply_all"),
+        ({"in_reply_to": "<x@y>", "reply_all": False, "text": "t"}, "message not found"),
+        (
+            {"to": ["alice@corp.test"], "subject": "s", "text": "t", "send_at": "2099-01-01T09:00:00"},
+            "send_at needs a timezone",
+        ),
+    ],
+)
+async def test_create_draft_takes_only_a_new_draft_or_a_reply_draft(
+    ctx: Context, args: dict[str, Any], expected: str
+) -> None:
+    async with Client(keyed(ctx, await org_key(ctx))) as client:
+        result = await client.call_tool("create_draft", {"inbox_id": "agent@corp.test", **args})
+    assert expected in error_text(result)
 
 
 async def test_wrong_api_key_is_a_short_tool_error(ctx: Context) -> None:

@@ -1,4 +1,4 @@
-"""/v0/inboxes/{inbox_id}/drafts (create, list, get, update, delete, send, approve, reject) and /v0/drafts."""
+"""/v0/inboxes/{inbox_id}/drafts (CRUD, attachments, send, approve, reject) and /v0/drafts."""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ async def get_org_draft(ctx: Ctx, who: Who, draft_id: str) -> schemas.Draft:
     return await drafts.get(ctx, who, None, draft_id)
 
 
+@router.get(
+    "/v0/drafts/{draft_id}/attachments/{attachment_id}",
+    response_model=schemas.AttachmentResponse,
+    response_model_exclude_none=True,
+)
+async def get_org_draft_attachment(ctx: Ctx, who: Who, draft_id: str, attachment_id: str) -> schemas.AttachmentResponse:
+    return await drafts.attachment(ctx, who, None, draft_id, attachment_id)
+
+
 @router.post(PREFIX, response_model=schemas.Draft, response_model_exclude_none=True)
 async def create_draft(ctx: Ctx, who: Who, inbox_id: str, body: schemas.CreateDraft) -> schemas.Draft:
     return await drafts.create(ctx, who, inbox_id, body)
@@ -40,6 +49,17 @@ async def create_draft(ctx: Ctx, who: Who, inbox_id: str, body: schemas.CreateDr
 @router.get(PREFIX + "/{draft_id}", response_model=schemas.Draft, response_model_exclude_none=True)
 async def get_draft(ctx: Ctx, who: Who, inbox_id: str, draft_id: str) -> schemas.Draft:
     return await drafts.get(ctx, who, inbox_id, draft_id)
+
+
+@router.get(
+    PREFIX + "/{draft_id}/attachments/{attachment_id}",
+    response_model=schemas.AttachmentResponse,
+    response_model_exclude_none=True,
+)
+async def get_draft_attachment(
+    ctx: Ctx, who: Who, inbox_id: str, draft_id: str, attachment_id: str
+) -> schemas.AttachmentResponse:
+    return await drafts.attachment(ctx, who, inbox_id, draft_id, attachment_id)
 
 
 @router.patch(PREFIX + "/{draft_id}", response_model=schemas.Draft, response_model_exclude_none=True)

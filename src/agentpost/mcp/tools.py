@@ -1,4 +1,4 @@
-"""The MCP tool set: ten thin calls into service/, each made with the caller's Principal."""
+"""The MCP tool set: eleven thin calls into service/, each made with the caller's Principal."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pydantic import Field
 from agentpost import model, schemas
 from agentpost.errors import AgentpostError
 from agentpost.proto.text import html_to_text
+from agentpost.service import drafts as draft_service
 from agentpost.service import inboxes as inbox_service
 from agentpost.service import mail
 from agentpost.service import messages as message_service
@@ -127,6 +128,22 @@ def thread_view(t: schemas.ThreadItem) -> dict[str, Any]:
         "last_message_id": t.last_message_id,
         "preview": t.preview,
     }
+
+
+def draft_view(d: schemas.Draft) -> dict[str, Any]:
+    """A draft as the agent wrote it: recipients, subject, threading and its send state."""
+    view = {
+        "draft_id": d.draft_id,
+        "inbox_id": d.inbox_id,
+        "to": d.to or [],
+        "cc": d.cc or [],
+        "bcc": d.bcc or [],
+        "subject": d.subject,
+        "in_reply_to": d.in_reply_to,
+        "send_status": d.send_status,
+        "send_at": d.send_at.isoformat() if d.send_at else None,
+    }
+    return {k: v for k, v in view.items() if v is not None}
 
 
 def _text_of(content: bytes, content_type: str) -> str | None:
@@ -299,6 +316,69 @@ def build_server(ctx: Context, principal: PrincipalSource) -> MCPServer:
     ) -> dict[str, Any]:
         req = schemas.SendMessage(to=to, text=text, subject=subject)
         sent = await call(tool_ctx, lambda who: message_service.forward(ctx, who, inbox_id, message_id, req, None))
+        return sent.model_dump()
+
+    @server.tool(
+        description=(
+            "Save a draft in inbox_id, to send later with send_draft (or at `send_at`, ISO 8601 with a "
+            "timezone). A new draft needs `to` and `subject`; a reply draft gives `in_reply_to` (the "
+            "message_id answered) and `reply_all`, and takes no to, cc, bcc or subject (they come from "
+            "that message). Give the body as `text`, `html`, or both."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False),
+    )
+    async def create_draft(
+        tool_ctx: ToolContext,
+        inbox_id: str,
+        to: list[str] | None = None,
+        subject: str | None = None,
+        text: str | None = None,
+        html: str | None = None,
+        cc: list[str] | None = None,
+        bcc: list[str] | None = None,
+        in_reply_to: str | None = None,
+        reply_all: bool | None = None,
+        send_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        _body(text, html, required=True)
+        if in_reply_to is None:
+            if reply_all is not None:
+                raise ToolError("reply_all goes with in_reply_to: omit it for a new draft")
+            if not to or not subject:
+                raise ToolError("a new draft needs `to` and `subject` (or in_reply_to for a reply draft)")
+        else:
+            given = [name for name, value in (("to", to), ("cc", cc), ("bcc", bcc), ("subject", subject)) if value]
+            if given:
+                raise ToolError(
+                    f"a reply draft takes its recipients and subject from the message: omit {', '.join(given)}"
+                )
+            if reply_all is None:
+                raise ToolError("a reply draft needs reply_all: false answers the sender, true copies everyone")
+        if send_at is not None and send_at.tzinfo is None:
+            raise ToolError("send_at needs a timezone, e.g. 2026-01-31T12:00:00Z")
+        req = schemas.CreateDraft(
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            subject=subject,
+            text=text,
+            html=html,
+            in_reply_to=in_reply_to,
+            reply_all=reply_all or None,
+            send_at=send_at,
+        )
+        draft = await call(tool_ctx, lambda who: draft_service.create(ctx, who, inbox_id, req))
+        return draft_view(draft)
+
+    @server.tool(
+        description=(
+            "Send a draft of inbox_id now. Returns message_id and thread_id, or `status: pending_approval` "
+            "when the inbox holds this key's sends for a human to approve (nothing was sent yet)."
+        ),
+        annotations=_SEND,
+    )
+    async def send_draft(tool_ctx: ToolContext, inbox_id: str, draft_id: str) -> dict[str, Any]:
+        sent = await call(tool_ctx, lambda who: draft_service.send(ctx, who, inbox_id, draft_id, schemas.SendDraft()))
         return sent.model_dump()
 
     @server.tool(

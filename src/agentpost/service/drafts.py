@@ -1,4 +1,4 @@
-"""Draft use cases: edit, schedule (send_at) and send drafts, and hold agents' sends for human approval.
+"""Draft use cases: edit, schedule (send_at) and send drafts, serve their attachments, hold sends for approval.
 
 Every draft leaves through ``messages._submit`` (and so ``outbound.submit``), with the draft id as
 its idempotency key: a draft is sent at most once even when the scheduler that took it dies
@@ -15,7 +15,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentpost import schemas
@@ -25,7 +25,7 @@ from agentpost.proto.compose import Draft, OutgoingAttachment
 from agentpost.service import messages as message_service
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
-from agentpost.service.mail import Listing, clean_labels, owned_inbox
+from agentpost.service.mail import DOWNLOAD_TTL, Listing, clean_labels, owned_inbox
 from agentpost.store import drafts as draft_store
 from agentpost.store import events as event_store
 from agentpost.store import inboxes as inbox_store
@@ -218,6 +218,23 @@ async def create(ctx: Context, who: Principal, inbox_id: str, req: schemas.Creat
             **_schedule(req.send_at),
         )
     return draft_store.to_draft(row)
+
+
+async def attachment(
+    ctx: Context, who: Principal, inbox_id: str | None, draft_id: str, attachment_id: str
+) -> schemas.AttachmentResponse:
+    """A draft attachment's metadata and a signed download link (the bytes are kept in the draft row)."""
+    who.require("draft_read")
+    row = await _row(ctx, who, inbox_id, draft_id)
+    meta = next((a for a in row.attachments or [] if a["attachment_id"] == attachment_id), None)
+    if meta is None:
+        raise NotFound("attachment not found")
+    token, expires = ctx.sealer.sign({"k": "draft_att", "d": row.id, "a": attachment_id}, DOWNLOAD_TTL)
+    return schemas.AttachmentResponse(
+        **{k: v for k, v in meta.items() if k != "content"},
+        download_url=f"{ctx.public_url}/v0/downloads/{token}",
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
 
 
 def _fields(draft: Draft) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,7 @@ from agentpost.errors import Forbidden, Invalid, NotFound
 from agentpost.proto import mime
 from agentpost.service.auth import Principal
 from agentpost.service.context import Context
+from agentpost.store import drafts as draft_store
 from agentpost.store import inboxes as inbox_store
 from agentpost.store import labels as labelset
 from agentpost.store import messages as message_store
@@ -293,6 +295,14 @@ async def download(ctx: Context, token: str) -> tuple[bytes, str, str | None]:
     claims = ctx.sealer.verify(token)
     if claims is None:
         raise NotFound("download link is invalid or expired")
+    if claims.get("k") == "draft_att":
+        # Draft attachments are kept base64 in the draft row until it is sent (then the link 404s).
+        async with ctx.db.read() as conn:
+            stored = await draft_store.attachment(conn, str(claims["d"]), str(claims["a"]))
+        if stored is None:
+            raise NotFound("attachment not found")
+        content_type = stored.get("content_type") or "application/octet-stream"
+        return base64.b64decode(stored["content"]), content_type, stored.get("filename")
     async with ctx.db.read() as conn:
         blob_id = await message_store.blob_id_of(conn, str(claims["m"]))
         data = await message_store.raw(conn, blob_id) if blob_id else None

@@ -86,6 +86,13 @@ async def get_row(conn: AsyncConnection, draft_id: str) -> Any | None:
     return (await conn.execute(sa.select(drafts).where(drafts.c.id == draft_id))).first()
 
 
+async def attachment(conn: AsyncConnection, draft_id: str, attachment_id: str) -> dict[str, Any] | None:
+    """One stored attachment of a draft (its bytes base64 in ``content``), or None."""
+    row = await get_row(conn, draft_id)
+    items: list[dict[str, Any]] = (row.attachments or []) if row is not None else []
+    return next((a for a in items if a["attachment_id"] == attachment_id), None)
+
+
 async def by_client_id(conn: AsyncConnection, inbox_id: str, client_id: str) -> Any | None:
     query = sa.select(drafts).where(drafts.c.inbox_id == inbox_id, drafts.c.client_id == client_id)
     return (await conn.execute(query)).first()
