@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from agentpost.api import domains, drafts, events, inboxes, keys, lists, messages, threads, unsubscribe, webhooks
+from agentpost.api.mcp_route import LazyMcp
 from agentpost.errors import AgentpostError, Invalid, RateLimited
-from agentpost.mcp.http import McpEndpoint
 from agentpost.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,16 @@ def _error(status: int, name: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def create_app(ctx: Context) -> FastAPI:
-    # MCP over Streamable HTTP at /mcp (mcp/http.py): its session manager runs in the lifespan.
-    mcp = McpEndpoint(ctx)
+    # MCP over Streamable HTTP at /mcp (mcp/http.py), loaded on its first request; its session
+    # manager stops with the app.
+    mcp = LazyMcp(ctx)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with mcp.running():
+        try:
             yield
+        finally:
+            await mcp.close()
 
     app = FastAPI(
         title="agentpost",
