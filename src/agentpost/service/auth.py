@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from agentpost.errors import Forbidden, NotFound, Unauthorized
 from agentpost.model import utcnow
@@ -30,6 +31,16 @@ class Principal:
 
     def sees_inbox(self, inbox_id: str) -> bool:
         return self.inbox_id is None or self.inbox_id == inbox_id.lower()
+
+    def owns(self, row: Any, inbox_id: str | None = None) -> bool:
+        """Whether a stored row (with organization_id and inbox_id) is this key's to see, and in
+        ``inbox_id`` when the request named one."""
+        return (
+            row is not None
+            and row.organization_id == self.organization_id
+            and self.sees_inbox(row.inbox_id)
+            and (inbox_id is None or row.inbox_id == inbox_id.lower())
+        )
 
     def check_inbox(self, inbox_id: str) -> None:
         # 404, not 403: a key must not learn that an inbox outside its scope exists.

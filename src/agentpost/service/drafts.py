@@ -137,12 +137,7 @@ async def _row(ctx: Context, who: Principal, inbox_id: str | None, draft_id: str
         who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:
         row = await draft_store.get_row(conn, draft_id)
-    if (
-        row is None
-        or row.organization_id != who.organization_id
-        or not who.sees_inbox(row.inbox_id)
-        or (inbox_id is not None and row.inbox_id != inbox_id.lower())
-    ):
+    if not who.owns(row, inbox_id):
         raise NotFound("draft not found")
     return row
 

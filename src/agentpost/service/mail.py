@@ -331,12 +331,7 @@ async def _thread_row(ctx: Context, who: Principal, inbox_id: str | None, thread
         who.check_inbox(inbox_id)
     async with ctx.db.read() as conn:
         row = await message_store.get_thread_row(conn, thread_id)
-    if (
-        row is None
-        or row.organization_id != who.organization_id
-        or not who.sees_inbox(row.inbox_id)
-        or (inbox_id is not None and row.inbox_id != inbox_id.lower())
-    ):
+    if not who.owns(row, inbox_id):
         raise NotFound("thread not found")
     return row
 
