@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -121,3 +125,31 @@ class AgentpostServer:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.http_url, headers={"authorization": f"Bearer {self.api_key}"}, timeout=30)
+
+
+@contextlib.contextmanager
+def authenticating_server(
+    data_dir: Path, dns_address: str, postgres: Any, extra_env: dict[str, str] | None = None
+) -> Iterator[AgentpostServer]:
+    """A started server whose MX checks SPF, DKIM and DMARC through the test DNS server at
+    ``dns_address``, loopback clients included (they are trusted by default); on PostgreSQL
+    when ``postgres`` (the fixture) is given."""
+    url = str(postgres.create_database("a" + uuid.uuid4().hex[:12])) if postgres is not None else ""
+    srv = AgentpostServer(
+        data_dir,
+        database_url=url,
+        extra_env={
+            "AGENTPOST_DNS_SERVERS": dns_address,
+            "AGENTPOST_DNS_TIMEOUT": "3",
+            "AGENTPOST_MX_AUTHENTICATE": "true",
+            "AGENTPOST_MX_TRUSTED_NETWORKS": "",  # check this loopback client like any other
+            "AGENTPOST_MX_PROCESSES": "1",
+            **(extra_env or {}),
+        },
+    )
+    srv.setup()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import smtplib
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from agentpost.mailauth.dkim import RSA_SHA256, DkimKey, DkimSigner, generate_key
 from dnsserver import DnsServer
 from mailclient import setup_inbox, smtp, wait_list
-from serverproc import AgentpostServer
+from serverproc import AgentpostServer, authenticating_server
 
 INBOX = "agent@auth.example.test"
 
@@ -48,26 +47,10 @@ def dns(key: DkimKey) -> Iterator[DnsServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, postgres: Any) -> Iterator[AgentpostServer]:
-    url = str(postgres.create_database("a" + uuid.uuid4().hex[:12])) if postgres is not None else ""
-    srv = AgentpostServer(
-        tmp_path_factory.mktemp("auth") / "data",
-        database_url=url,
-        extra_env={
-            "AGENTPOST_DNS_SERVERS": dns.address,
-            "AGENTPOST_DNS_TIMEOUT": "3",
-            "AGENTPOST_MX_AUTHENTICATE": "true",
-            "AGENTPOST_MX_TRUSTED_NETWORKS": "",  # check this loopback client like any other
-            "AGENTPOST_MX_PROCESSES": "1",
-        },
-    )
-    srv.setup()
-    srv.start()
-    with srv.client() as http:
-        setup_inbox(http, INBOX)
-    try:
+    with authenticating_server(tmp_path_factory.mktemp("auth") / "data", dns.address, postgres) as srv:
+        with srv.client() as http:
+            setup_inbox(http, INBOX)
         yield srv
-    finally:
-        srv.stop()
 
 
 def message(from_addr: str, subject: str) -> bytes:

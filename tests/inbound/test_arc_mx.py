@@ -8,7 +8,6 @@ The original sender publishes p=reject, and forwarding broke its SPF: only a tru
 from __future__ import annotations
 
 import smtplib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from agentpost.mailauth.dkim import RSA_SHA256, DkimKey, generate_key
 from dnsserver import DnsServer
 from mailclient import setup_inbox, smtp, wait_list
-from serverproc import AgentpostServer
+from serverproc import AgentpostServer, authenticating_server
 
 INBOX = "agent@arc.example.test"
 NOW = 1_767_225_600
@@ -47,27 +46,11 @@ def dns(keys: dict[str, DkimKey]) -> Iterator[DnsServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, postgres: Any) -> Iterator[AgentpostServer]:
-    url = str(postgres.create_database("a" + uuid.uuid4().hex[:12])) if postgres is not None else ""
-    srv = AgentpostServer(
-        tmp_path_factory.mktemp("arc") / "data",
-        database_url=url,
-        extra_env={
-            "AGENTPOST_DNS_SERVERS": dns.address,
-            "AGENTPOST_DNS_TIMEOUT": "3",
-            "AGENTPOST_MX_AUTHENTICATE": "true",
-            "AGENTPOST_MX_TRUSTED_NETWORKS": "",  # check this loopback client like any other
-            "AGENTPOST_MX_ARC_TRUSTED_SEALERS": "forwarder.example",
-            "AGENTPOST_MX_PROCESSES": "1",
-        },
-    )
-    srv.setup()
-    srv.start()
-    with srv.client() as http:
-        setup_inbox(http, INBOX)
-    try:
+    trusted = {"AGENTPOST_MX_ARC_TRUSTED_SEALERS": "forwarder.example"}
+    with authenticating_server(tmp_path_factory.mktemp("arc") / "data", dns.address, postgres, trusted) as srv:
+        with srv.client() as http:
+            setup_inbox(http, INBOX)
         yield srv
-    finally:
-        srv.stop()
 
 
 def forwarded(key: DkimKey, subject: str) -> bytes:

@@ -7,7 +7,6 @@ authorising 127.0.0.1; loopback is taken out of ``[mx] trusted_networks`` so the
 from __future__ import annotations
 
 import smtplib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from dnsserver import DnsServer
 from mailclient import smtp, wait_list
-from serverproc import AgentpostServer
+from serverproc import AgentpostServer, authenticating_server
 
 DOMAIN = "policy.example.test"
 STRICT = f"strict@{DOMAIN}"  # default policy
@@ -32,36 +31,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[
         "lax.example": {"TXT": ["v=spf1 -all"]},
         "_dmarc.lax.example": {"TXT": ["v=DMARC1; p=none"]},
     }
-    url = str(postgres.create_database("a" + uuid.uuid4().hex[:12])) if postgres is not None else ""
-    with DnsServer(zone) as dns:
-        srv = AgentpostServer(
-            tmp_path_factory.mktemp("policy") / "data",
-            database_url=url,
-            extra_env={
-                "AGENTPOST_DNS_SERVERS": dns.address,
-                "AGENTPOST_DNS_TIMEOUT": "3",
-                "AGENTPOST_MX_AUTHENTICATE": "true",
-                "AGENTPOST_MX_TRUSTED_NETWORKS": "",  # check this loopback client like any other
-                "AGENTPOST_MX_PROCESSES": "1",
-            },
-        )
-        srv.setup()
-        srv.start()
-        try:
-            with srv.client() as http:
-                http.post("/v0/domains", json={"domain": DOMAIN}).raise_for_status()
-                for username, policy in (
-                    ("strict", None),
-                    ("lenient", {"dmarc_reject": "quarantine"}),
-                    ("open", {"unauthenticated": "accept"}),
-                ):
-                    body: dict[str, Any] = {"username": username, "domain": DOMAIN}
-                    if policy is not None:
-                        body["auth_policy"] = policy
-                    http.post("/v0/inboxes", json=body).raise_for_status()
-            yield srv
-        finally:
-            srv.stop()
+    with (
+        DnsServer(zone) as dns,
+        authenticating_server(tmp_path_factory.mktemp("policy") / "data", dns.address, postgres) as srv,
+    ):
+        with srv.client() as http:
+            http.post("/v0/domains", json={"domain": DOMAIN}).raise_for_status()
+            for username, policy in (
+                ("strict", None),
+                ("lenient", {"dmarc_reject": "quarantine"}),
+                ("open", {"unauthenticated": "accept"}),
+            ):
+                body: dict[str, Any] = {"username": username, "domain": DOMAIN}
+                if policy is not None:
+                    body["auth_policy"] = policy
+                http.post("/v0/inboxes", json=body).raise_for_status()
+        yield srv
 
 
 def message(from_addr: str, subject: str) -> bytes:
