@@ -26,6 +26,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_on_all(ips: tuple[str, ...]) -> int:
+    """A TCP port number free on every one of ``ips`` (each peer binds its own address, and one
+    outbound port setting applies to every host)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind((ips[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for ip in ips[1:]:
+                with socket.socket() as s:
+                    s.bind((ip, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {ips}")
+
+
 def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,6 @@ a policy is delivered to as before.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import threading
 import time
@@ -32,7 +31,7 @@ from agentpost.store.mta_sts import PolicyTable
 from dnsserver import DnsServer
 from mailclient import setup_inbox
 from policyserver import Answer, PolicyServer, policy_text
-from serverproc import AgentpostServer
+from serverproc import AgentpostServer, free_port_on_all
 
 POLICY_IP = "127.0.0.22"  # mta-sts.<domain> of every test domain but cached.test
 CACHED_POLICY_IP = "127.0.0.25"  # mta-sts.cached.test: stopped in the middle of its test
@@ -40,22 +39,6 @@ TRUSTED_IP = "127.0.0.21"  # STARTTLS, certificate from the test CA for its MX n
 PLAIN_IP = "127.0.0.23"  # no STARTTLS
 UNTRUSTED_IP = "127.0.0.24"  # STARTTLS, certificate from a CA nobody trusts
 UNIT_POLICY_IP = "127.0.0.26"  # the in-process fetch and cache tests
-
-
-def _free_on_all(ips: tuple[str, ...]) -> int:
-    """A TCP port number free on every one of ``ips`` (outbound.port and mta_sts_port apply to every host)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((ips[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for ip in ips[1:]:
-                with socket.socket() as s:
-                    s.bind((ip, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {ips}")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +52,7 @@ def ca() -> trustme.CA:
 @pytest.fixture(scope="module")
 def unit_server(ca: trustme.CA) -> Iterator[PolicyServer]:
     names = [f"mta-sts.{d}.test" for d in ("good", "redirect", "html", "big", "broken", "other")]
-    server = PolicyServer(UNIT_POLICY_IP, _free_on_all((UNIT_POLICY_IP,)), ca.issue_cert(*names))
+    server = PolicyServer(UNIT_POLICY_IP, free_port_on_all((UNIT_POLICY_IP,)), ca.issue_cert(*names))
     server.start()
     try:
         yield server
@@ -146,7 +129,7 @@ async def test_a_policy_host_without_address_or_listener_is_a_fetch_error(
 ) -> None:
     with pytest.raises(PolicyFetchError, match="no address"):
         await _fetcher(FakeResolver({}), unit_server, ca, tmp_path).fetch("nowhere.test")
-    closed = PolicyFetcher(_unit_resolver("good.test"), port=_free_on_all((UNIT_POLICY_IP,)), timeout=5.0)
+    closed = PolicyFetcher(_unit_resolver("good.test"), port=free_port_on_all((UNIT_POLICY_IP,)), timeout=5.0)
     with pytest.raises(PolicyFetchError, match="ConnectError"):
         await closed.fetch("good.test")
 
@@ -328,8 +311,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, postgres: Any, ca: trustme.C
     tmp = tmp_path_factory.mktemp("mta-sts")
     ca_file = tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    smtp_port = _free_on_all((TRUSTED_IP, PLAIN_IP, UNTRUSTED_IP))
-    https_port = _free_on_all((POLICY_IP, CACHED_POLICY_IP))
+    smtp_port = free_port_on_all((TRUSTED_IP, PLAIN_IP, UNTRUSTED_IP))
+    https_port = free_port_on_all((POLICY_IP, CACHED_POLICY_IP))
     trusted, plain, untrusted = Peer(), Peer(), Peer()
     trusted_cert = ca.issue_cert("mx1.enforce.test", "mx.mixed.test", "mx.cached.test")
     untrusted_cert = trustme.CA().issue_cert("mx.badcert.test", "mx.testing.test")

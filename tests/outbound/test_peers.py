@@ -13,7 +13,6 @@ import email
 import email.policy
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ import trustme
 from dnsserver import DnsServer
 from mailclient import setup_inbox
 from postfixpeer import PrivatePostfix, ensure_loopback_address
-from serverproc import AgentpostServer, wait_port
+from serverproc import AgentpostServer, free_port_on_all, wait_port
 from webhookreceiver import WebhookReceiver
 
 SOURCE_IP = "127.0.0.2"  # A's outbound connections come from here
@@ -46,22 +45,6 @@ SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin:/sbin:/bin")
 TRACE_HEADERS = {b"return-path", b"delivered-to", b"x-original-to", b"received"}
 
 
-def _free_on_all(ips: tuple[str, ...]) -> int:
-    """A TCP port number that is free on every one of ``ips`` (each peer binds its own address)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((ips[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for ip in ips[1:]:
-                with socket.socket() as s:
-                    s.bind((ip, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {ips}")
-
-
 @dataclass
 class World:
     a: AgentpostServer
@@ -75,7 +58,7 @@ class World:
 def port() -> int:
     for ip in (POSTFIX_IP, SINK_IP):
         ensure_loopback_address(ip)  # Postfix insists on it; smtp-sink is happy either way
-    return _free_on_all(PEER_IPS)
+    return free_port_on_all(PEER_IPS)
 
 
 @pytest.fixture(scope="module")
