@@ -13,17 +13,28 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from agentpost.api import domains, drafts, events, inboxes, keys, lists, messages, threads, unsubscribe, webhooks
+from agentpost.api import (
+    domains,
+    drafts,
+    error_bodies,
+    events,
+    inboxes,
+    keys,
+    lists,
+    messages,
+    threads,
+    unsubscribe,
+    webhooks,
+)
 from agentpost.api.mcp_route import LazyMcp
-from agentpost.errors import AgentpostError, Invalid, RateLimited
+from agentpost.errors import AgentpostError, RateLimited
 from agentpost.service.context import Context
 
 log = logging.getLogger(__name__)
 
 
 def _error(status: int, name: str, message: str, **extra: Any) -> JSONResponse:
-    body = {"name": name, "message": message, **{k: v for k, v in extra.items() if v is not None}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_bodies.body(name, message, **extra), status_code=status)
 
 
 def create_app(ctx: Context) -> FastAPI:
@@ -56,20 +67,14 @@ def create_app(ctx: Context) -> FastAPI:
 
     @app.exception_handler(AgentpostError)
     async def agentpost_error(_: Request, exc: AgentpostError) -> JSONResponse:
-        response = _error(exc.status, exc.name, exc.message, fix=exc.fix)
-        if isinstance(exc, Invalid) and exc.errors:
-            response = _error(exc.status, exc.name, exc.message, errors=exc.errors, fix=exc.fix)
+        response = JSONResponse(error_bodies.for_error(exc), status_code=exc.status)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"path": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": str(err.get("msg", ""))}
-            for err in exc.errors()
-        ]
-        return _error(400, "ValidationError", "request is not valid", errors=errors)
+        return JSONResponse(error_bodies.for_validation(exc.errors()), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

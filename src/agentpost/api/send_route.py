@@ -19,7 +19,8 @@ from typing import Any
 import pydantic
 
 from agentpost import schemas
-from agentpost.errors import AgentpostError, Invalid, RateLimited
+from agentpost.api import error_bodies
+from agentpost.errors import AgentpostError, RateLimited
 from agentpost.service import messages
 from agentpost.service.auth import authenticate
 from agentpost.service.context import Context
@@ -67,24 +68,21 @@ class SendRoute:
             who = await authenticate(self.ctx, token if scheme.lower() == "bearer" else None)
             raw = await _read_body(receive)
             if raw is None:
-                return 413, _error("PayloadTooLargeError", f"request body exceeds {MAX_BODY} bytes"), []
+                return 413, error_bodies.body("PayloadTooLargeError", f"request body exceeds {MAX_BODY} bytes"), []
             try:
                 request = schemas.SendMessage.model_validate_json(raw)
             except pydantic.ValidationError as exc:
-                return 400, _validation(exc), []
+                return 400, error_bodies.for_validation(exc.errors()), []
             response = await messages.send(self.ctx, who, inbox_id, request, idempotency_key)
             # 202: held for approval (the inbox's send_requires_approval), as in api/messages.py.
             status = 202 if isinstance(response, schemas.PendingApproval) else 200
             return status, response.model_dump(mode="json"), []
         except AgentpostError as exc:
-            extra: dict[str, Any] = {"fix": exc.fix}
-            if isinstance(exc, Invalid) and exc.errors:
-                extra["errors"] = exc.errors
             headers = [(b"retry-after", str(exc.retry_after).encode())] if isinstance(exc, RateLimited) else []
-            return exc.status, _error(exc.name, exc.message, **extra), headers
+            return exc.status, error_bodies.for_error(exc), headers
         except Exception as exc:  # the trace goes to the log; the client learns nothing about internals
             log.error("unhandled error", exc_info=exc)
-            return 500, _error("InternalError", "internal error; the server log has details"), []
+            return 500, error_bodies.body("InternalError", "internal error; the server log has details"), []
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -102,19 +100,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
-
-
-def _error(name: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "message": message, **{k: v for k, v in extra.items() if v is not None}}
-
-
-def _validation(exc: pydantic.ValidationError) -> dict[str, Any]:
-    # The shape of api/app.py's RequestValidationError handler (FastAPI prefixes "body").
-    errors = [
-        {"path": ".".join(str(p) for p in err.get("loc", ())), "message": str(err.get("msg", ""))}
-        for err in exc.errors()
-    ]
-    return _error("ValidationError", "request is not valid", errors=errors)
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[Any]) -> None:
