@@ -48,7 +48,7 @@ from agentpost.store import queue as queue_store
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import NewMessage, Saved
-from agentpost.store.queue import SentMessage
+from agentpost.store.queue import SavedSent, SentMessage
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Running:
     webhooks: WebhookWorker | None  # the parent process only
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
-    sent: GroupCommitter[SentMessage, str]
+    sent: GroupCommitter[SentMessage, SavedSent]
     # The periodic DNS re-check of hosted domains and their DKIM rotations (service/domains.py),
     # in the parent process only.
     rechecks: asyncio.Task[None] | None = None
@@ -425,7 +425,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
     ctx = build_context(config, db, directory)
     # Commits in the other processes on this database wake this one's feeds and WebSockets.
     await ctx.bus.connect(link_for(db), LogWatch(db, ctx.bus.woken))
-    sent_committer: GroupCommitter[SentMessage, str] = GroupCommitter(
+    sent_committer: GroupCommitter[SentMessage, SavedSent] = GroupCommitter(
         db, queue_store.save_sent, config.database.commit_batch, ctx.bus.published, 0.0, "sent"
     )
     sent_committer.start()
@@ -471,7 +471,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
         ctx.deliver_local,
     )
     outbound.start()
-    ctx.outbound_wake = outbound.wake
+    ctx.outbound = outbound
     log.info(
         "agentpost %s: HTTP %s, MX %s:%s (%d processes), database %s, event loop %s",
         "worker process serving" if child else "serving",

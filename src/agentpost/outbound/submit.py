@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from agentpost import model
 from agentpost.mailauth.dkim import DkimSigner
@@ -16,10 +17,37 @@ from agentpost.proto.threads import thread_keys
 from agentpost.store import queue
 from agentpost.store.db import Database
 from agentpost.store.messages import NewAttachment, NewMessage
-from agentpost.store.queue import SentMessage
+from agentpost.store.queue import QueueItem, SavedSent, SentMessage
 
-# Stores sent copies with their queue items, durably, returning each thread id (a group committer in serve).
-CommitSent = Callable[[list[SentMessage]], Awaitable[list[str]]]
+# Stores sent copies with their queue items, durably (a group committer in serve).
+CommitSent = Callable[[list[SentMessage]], Awaitable[list[SavedSent]]]
+
+
+class Dispatch(Protocol):
+    """The outbound worker as submissions see it (outbound/worker.py; set by serve)."""
+
+    def lease(self) -> timedelta | None:
+        """How long a submission's queue items may start leased to this process: None when its
+        worker has no room, so they are queued for whichever worker claims them."""
+
+    def take(self, items: list[QueueItem], raw: bytes) -> None:
+        """Deliver ``items`` (committed, leased to this process) of the signed message ``raw``."""
+
+    def wake(self) -> None:
+        """Queue items are due now (committed without a lease)."""
+
+
+class NoWorker:
+    """No outbound worker in this process (one-shot CLI commands): nothing is leased at submission."""
+
+    def lease(self) -> timedelta | None:
+        return None
+
+    def take(self, items: list[QueueItem], raw: bytes) -> None:
+        raise RuntimeError("no outbound worker to take leased items")
+
+    def wake(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +70,7 @@ class Submitted:
     raw: bytes  # signed, exactly as it goes on the wire
     envelope_rcpt: list[str]
     smtputf8: bool
+    leased: list[QueueItem]  # queue items leased to this process at commit, for its worker
 
 
 def _build(submission: Submission, signer: DkimSigner | None) -> tuple[Composed, bytes, NewMessage]:
@@ -96,14 +125,16 @@ async def submit(
     remote: list[str] | None = None,
     lifetime: timedelta = timedelta(days=5),
     commit: CommitSent | None = None,
+    lease: timedelta | None = None,
 ) -> Submitted:
     """Compose and sign off the event loop, then store the sent copy, its thread, its
-    message.sent event and the queue items for ``remote`` recipients in one transaction.
+    message.sent event and the queue items for ``remote`` recipients in one transaction; with
+    ``lease`` those items start leased to this process (``Submitted.leased``, for its worker).
     Raises ComposeError for invalid drafts."""
     composed, raw, item = await asyncio.to_thread(_build, submission, signer)
-    sent = SentMessage(item, list(remote or []), composed.smtputf8, lifetime)
+    sent = SentMessage(item, list(remote or []), composed.smtputf8, lifetime, lease if remote else None)
     if commit is not None:
-        (thread_id,) = await commit([sent])
+        (saved,) = await commit([sent])
     else:
-        (thread_id,) = await db.run_write(queue.save_sent, [sent])
-    return Submitted(composed.message_id, thread_id, raw, composed.envelope_rcpt, composed.smtputf8)
+        (saved,) = await db.run_write(queue.save_sent, [sent])
+    return Submitted(composed.message_id, saved.thread_id, raw, composed.envelope_rcpt, composed.smtputf8, saved.leased)

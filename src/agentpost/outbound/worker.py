@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -89,11 +90,37 @@ class OutboundWorker:
         self._wake = asyncio.Event()
         self._submitted = False  # woken by a submission since the last claim
         self._busy = False  # the last claim found work
+        # Items leased to this process at submission (``take``) waiting for a delivery slot.
+        self._backlog: deque[tuple[QueueItem, bytes]] = deque()
+        self._stopping = False
 
     def wake(self) -> None:
         """A submission queued remote recipients: there is work due now."""
         self._submitted = True
         self._wake.set()
+
+    def lease(self) -> timedelta | None:
+        """A submission may queue its items leased to this process while the items waiting here
+        are fewer than the delivery slots: more would wait longer in memory than a claim would
+        take, and another process may have room for them."""
+        if self._stopping or len(self._backlog) >= self.settings.concurrency:
+            return None
+        return timedelta(seconds=self.settings.lease)
+
+    def take(self, items: list[QueueItem], raw: bytes) -> None:
+        """Deliver items the submission committed leased to this process, from memory: no claim
+        transaction, no read of the raw message back. The lease is renewed while they wait."""
+        for item in items:
+            self._held.add(item.id)
+            if len(self._inflight) < self.settings.concurrency and not self._backlog:
+                self._launch(item, raw)
+            else:
+                self._backlog.append((item, raw))
+
+    def _launch(self, item: QueueItem, raw: bytes | None) -> None:
+        task = asyncio.create_task(self._process(item, raw))
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
 
     def start(self) -> None:
         self.results.start()
@@ -101,6 +128,7 @@ class OutboundWorker:
         self._renewer = asyncio.create_task(self._renew(), name="outbound-lease-renewal")
 
     async def stop(self) -> None:
+        self._stopping = True
         for background in (self._task, self._renewer):
             if background is not None:
                 background.cancel()
@@ -108,6 +136,13 @@ class OutboundWorker:
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
+        waiting = [item.id for item, _ in self._backlog]
+        self._backlog.clear()
+        if waiting:  # never dialled: due again for any worker now, not when the lease runs out
+            try:
+                await self.db.run_write(queue.release_unattempted, waiting)
+            except Exception:
+                log.exception("could not release %d leased queue items; they are due when the lease ends", len(waiting))
         await self.results.stop()
         await self.pool.close()
 
@@ -127,7 +162,7 @@ class OutboundWorker:
 
     async def step(self) -> None:
         """Claim what is due, up to the free delivery slots, and start delivering it."""
-        if self.settings.concurrency - len(self._inflight) <= 0:
+        if self.settings.concurrency - len(self._inflight) <= 0 or self._backlog:
             return
         submitted, self._submitted = self._submitted, False
         if not submitted and not self._busy:
@@ -140,15 +175,15 @@ class OutboundWorker:
         if self.settings.claim_linger:
             await asyncio.sleep(self.settings.claim_linger)
         free = self.settings.concurrency - len(self._inflight)
+        if free <= 0 or self._backlog:  # submissions handed items over while we lingered
+            return
         claimed = await self.db.run_write(
             queue.claim_with_raws, free, timedelta(seconds=self.settings.lease), durable=False
         )
         self._busy = bool(claimed)
         for item, raw in claimed:
             self._held.add(item.id)
-            task = asyncio.create_task(self._process(item, raw))
-            self._inflight.add(task)
-            task.add_done_callback(self._finished)
+            self._launch(item, raw)
 
     async def _renew(self) -> None:
         """Keep the leases of items still in flight (waiting for a session to a busy host, or a
@@ -169,7 +204,10 @@ class OutboundWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._wake.set()  # a slot is free: more may be due
+        if self._backlog and not self._stopping:
+            self._launch(*self._backlog.popleft())  # leased here already: before claiming more
+        else:
+            self._wake.set()  # a slot is free: more may be due
 
     async def _process(self, item: QueueItem, raw: bytes | None) -> None:
         try:

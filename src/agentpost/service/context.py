@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from agentpost.mailauth.dkim import DkimSigner
 from agentpost.net.dns import Resolver
 from agentpost.notify.bus import EventBus
-from agentpost.outbound.submit import CommitSent
+from agentpost.outbound.submit import CommitSent, Dispatch, NoWorker
 from agentpost.service.dnscheck import DnsSetup
 from agentpost.store.db import Database
 from agentpost.store.orgs import KeyRecord
@@ -80,8 +80,8 @@ class Context:
     public_url: str
     # Hands a signed message to the inbound pipeline for hosted recipients (set by serve).
     deliver_local: Callable[[str, list[str], bytes], Awaitable[None]] | None = None
-    # Wakes the outbound worker after a submission queued remote recipients (set by serve).
-    outbound_wake: Callable[[], None] = lambda: None
+    # The outbound worker: takes a submission's queue items leased at commit, or is woken (set by serve).
+    outbound: Dispatch = field(default_factory=NoWorker)
     # Seconds a message may stay deferred before it bounces (config outbound.lifetime).
     outbound_lifetime: float = 5 * 24 * 3600.0
     # Group commit of sent copies (serve wires one); None commits each send on its own.

@@ -174,11 +174,15 @@ async def _submit(
             remote,
             timedelta(seconds=ctx.outbound_lifetime),
             ctx.commit_sent,
+            ctx.outbound.lease() if remote else None,
         )
     except ComposeError as exc:
         raise Invalid(str(exc), [{"path": exc.field, "message": str(exc)}]) from None
-    if remote:
-        ctx.outbound_wake()
+    if submitted.leased:
+        # Delivered by this process's worker from memory: no claim transaction reads it back.
+        ctx.outbound.take(submitted.leased, submitted.raw)
+    elif remote:
+        ctx.outbound.wake()
     if blocked:
         await _rejected(ctx, who.organization_id, inbox.id, submitted.thread_id, submitted.message_id, blocked)
     if local and ctx.deliver_local is not None:

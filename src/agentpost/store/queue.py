@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,8 +49,12 @@ def rows_for(
     rcpt_to: list[str],
     smtputf8: bool,
     lifetime: timedelta,
+    lease: timedelta | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per recipient domain (recipients of one domain share one SMTP transaction)."""
+    """One row per recipient domain (recipients of one domain share one SMTP transaction).
+
+    ``lease``: the rows start leased to the committing process, their first attempt counted, as
+    a claim would leave them (the submitting process delivers them without claiming)."""
     by_domain: dict[str, list[str]] = {}
     for rcpt in rcpt_to:
         by_domain.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
@@ -68,9 +73,9 @@ def rows_for(
             "rcpt_to": rcpts,
             "smtputf8": smtputf8,
             "status": "queued",
-            "attempts": 0,
+            "attempts": 0 if lease is None else 1,
             "next_attempt_at": now,
-            "lease_until": None,
+            "lease_until": None if lease is None else now + lease,
             "delay_notices": 0,
             "expires_at": now + lifetime,
             "last_error": None,
@@ -112,16 +117,26 @@ class SentMessage:
     remote: list[str]
     smtputf8: bool
     lifetime: timedelta
+    # Queue the items already leased to this process (rows_for): its worker delivers them from
+    # memory, so no claim transaction reads them back. None: queued for any worker to claim.
+    lease: timedelta | None = None
 
 
-def save_sent(conn: sa.Connection, batch: list[SentMessage]) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class SavedSent:
+    thread_id: str
+    leased: list[QueueItem]  # the queue items leased at insertion (empty without ``lease``)
+
+
+def save_sent(conn: sa.Connection, batch: list[SentMessage]) -> list[SavedSent]:
     """Sent copies (message, thread, message.sent event) and their queue items, in the caller's
-    one transaction (writer thread). Returns each message's thread id."""
+    one transaction (writer thread)."""
     saved = message_store.save_batch(conn, [s.message for s in batch])
     rows: list[dict[str, Any]] = []
+    out: list[SavedSent] = []
     for sent, stored in zip(batch, saved, strict=True):
         item = sent.message
-        rows += rows_for(
+        mine = rows_for(
             organization_id=item.organization_id,
             inbox_id=item.inbox_id,
             message_pk=item.pk,
@@ -132,9 +147,13 @@ def save_sent(conn: sa.Connection, batch: list[SentMessage]) -> list[str]:
             rcpt_to=sent.remote,
             smtputf8=sent.smtputf8,
             lifetime=sent.lifetime,
+            lease=sent.lease,
         )
+        rows += mine
+        leased = [leased_item(r) for r in mine] if sent.lease is not None else []
+        out.append(SavedSent(stored.thread_id, leased))
     enqueue(conn, rows)
-    return [stored.thread_id for stored in saved]
+    return out
 
 
 def _item(r: Any, attempts: int) -> QueueItem:
@@ -143,6 +162,11 @@ def _item(r: Any, attempts: int) -> QueueItem:
         r.rcpt_domain, list(r.rcpt_to), bool(r.smtputf8), attempts, int(r.delay_notices), r.expires_at,
         r.created_at,
     )  # fmt: skip
+
+
+def leased_item(row: dict[str, Any]) -> QueueItem:
+    """The item of a row ``rows_for`` made with a lease, as a claim would have returned it."""
+    return _item(SimpleNamespace(**row), attempts=int(row["attempts"]))
 
 
 def claim_with_raws(conn: sa.Connection, limit: int, lease: timedelta) -> list[tuple[QueueItem, bytes | None]]:
@@ -249,6 +273,17 @@ def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
     if again:
         conn.execute(_RETRY, again)
     return [None] * len(batch)
+
+
+def release_unattempted(conn: sa.Connection, item_ids: list[str]) -> None:
+    """Give back items leased to this process that it never dialled (it is stopping): due again
+    at once for any worker, their counted attempt taken back."""
+    if item_ids:
+        conn.execute(
+            outbound_queue.update()
+            .where(outbound_queue.c.id.in_(item_ids), outbound_queue.c.status == "queued")
+            .values(lease_until=None, attempts=outbound_queue.c.attempts - 1, updated_at=utcnow())
+        )
 
 
 async def renew_leases(conn: AsyncConnection, item_ids: list[str], lease: timedelta) -> None:
