@@ -206,8 +206,11 @@ class OutboundWorker:
         self._inflight.discard(task)
         if self._backlog and not self._stopping:
             self._launch(*self._backlog.popleft())  # leased here already: before claiming more
-        else:
-            self._wake.set()  # a slot is free: more may be due
+        elif self._submitted or self._busy:
+            # A slot is free and claims have found work (or a submission queued some unleased):
+            # more may be due. Otherwise retries and other processes' items wait for the poll,
+            # rather than every finished delivery costing a look at the queue.
+            self._wake.set()
 
     async def _process(self, item: QueueItem, raw: bytes | None) -> None:
         try:
