@@ -48,7 +48,7 @@ from agentpost.store import queue as queue_store
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import NewMessage, Saved
-from agentpost.store.queue import SavedSent, SentMessage
+from agentpost.store.queue import SavedSent, SentMessage, Settlement
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Running:
     webhooks: WebhookWorker | None  # the parent process only
     mx_workers: list[subprocess.Popen[bytes]]
     outbound: OutboundWorker
-    sent: GroupCommitter[SentMessage, SavedSent]
+    sent: GroupCommitter[SentMessage | Settlement, SavedSent | None]
     # The periodic DNS re-check of hosted domains and their DKIM rotations (service/domains.py),
     # in the parent process only.
     rechecks: asyncio.Task[None] | None = None
@@ -313,6 +313,9 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+    import sys
+
+    sys.setswitchinterval(float(os.environ.get("AGENTPOST_SWITCH", "0.005")))
 
 
 def signal_ready(ready_fd: int | None) -> None:
@@ -425,11 +428,23 @@ async def start(config: Config, *, child: bool = False) -> Running:
     ctx = build_context(config, db, directory)
     # Commits in the other processes on this database wake this one's feeds and WebSockets.
     await ctx.bus.connect(link_for(db), LogWatch(db, ctx.bus.woken))
-    sent_committer: GroupCommitter[SentMessage, SavedSent] = GroupCommitter(
-        db, queue_store.save_sent, config.database.commit_batch, ctx.bus.published, 0.0, "sent"
-    )
+    # Sent copies (durable) and this process's delivery outcomes share commits: one SQLite writer
+    # at a time, so fewer, larger transactions (queue.write_outbound).
+    sent_committer: GroupCommitter[SentMessage | Settlement, SavedSent | None] = GroupCommitter(
+        db, queue_store.write_outbound, config.database.commit_batch, ctx.bus.published, 0.0, "outbound-writes",
+        durable=queue_store.needs_fsync,
+    )  # fmt: skip
     sent_committer.start()
-    ctx.commit_sent = sent_committer.commit
+
+    async def commit_sent(batch: list[SentMessage]) -> list[SavedSent]:
+        items: list[SentMessage | Settlement] = [*batch]
+        return [saved for saved in await sent_committer.commit(items) if saved is not None]
+
+    async def commit_results(batch: list[Settlement]) -> object:
+        items: list[SentMessage | Settlement] = [*batch]
+        return await sent_committer.commit(items)
+
+    ctx.commit_sent = commit_sent
     ctx.outbound_lifetime = config.outbound.lifetime
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
@@ -469,6 +484,7 @@ async def start(config: Config, *, child: bool = False) -> Running:
         DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
         worker_settings(config),
         ctx.deliver_local,
+        commit_results,
     )
     outbound.start()
     ctx.outbound = outbound
@@ -502,8 +518,8 @@ async def stop(running: Running) -> None:
             await running.scheduler
     if running.webhooks is not None:
         await running.webhooks.stop()
-    await running.sent.stop()
     await running.outbound.stop()
+    await running.sent.stop()  # after the worker: outcomes of deliveries ending now still group
     if running.rechecks is not None:
         running.rechecks.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -66,7 +66,10 @@ class OutboundWorker:
         resolver: Resolver,
         settings: WorkerSettings,
         deliver_local: LocalDelivery | None,
+        commit_results: Callable[[list[Settlement]], Awaitable[object]] | None = None,
     ) -> None:
+        """``commit_results``: a group committer this process's sends share (serve); without one
+        the worker commits its results through its own."""
         self.db = db
         self.bus = bus
         self.resolver = resolver
@@ -78,9 +81,11 @@ class OutboundWorker:
         # Outcomes and claims commit without an fsync (Database.run_write): losing one to a power
         # failure means a repeat delivery attempt, never a lost message, and the fsync per
         # commit was what capped delivery throughput on one SQLite writer.
-        self.results: GroupCommitter[Settlement, None] = GroupCommitter(
-            db, queue.settle, 512, bus.published, name="outbound-results", durable=False
-        )
+        self.results: GroupCommitter[Settlement, None] | None = None
+        if commit_results is None:
+            self.results = GroupCommitter(db, queue.settle, 512, bus.published, name="outbound-results", durable=False)
+            commit_results = self.results.commit
+        self._commit_results = commit_results
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -123,7 +128,8 @@ class OutboundWorker:
         task.add_done_callback(self._finished)
 
     def start(self) -> None:
-        self.results.start()
+        if self.results is not None:
+            self.results.start()
         self._task = asyncio.create_task(self._run(), name="outbound-worker")
         self._renewer = asyncio.create_task(self._renew(), name="outbound-lease-renewal")
 
@@ -143,7 +149,8 @@ class OutboundWorker:
                 await self.db.run_write(queue.release_unattempted, waiting)
             except Exception:
                 log.exception("could not release %d leased queue items; they are due when the lease ends", len(waiting))
-        await self.results.stop()
+        if self.results is not None:
+            await self.results.stop()
         await self.pool.close()
 
     async def _run(self) -> None:
@@ -226,7 +233,7 @@ class OutboundWorker:
     async def _attempt(self, item: QueueItem, raw: bytes | None) -> None:
         if raw is None:
             gone = Settlement(item_id=item.id, status="bounced", last_error="message deleted before delivery")
-            await self.results.commit([gone])
+            await self._commit_results([gone])
             return
         result = await deliver(
             self.resolver,
@@ -242,7 +249,7 @@ class OutboundWorker:
             self.mta_sts,
         )
         settlement, refusals = settle_delivery(item, result, self.settings.policy, utcnow())
-        await self.results.commit([settlement])
+        await self._commit_results([settlement])
         if refusals and self.deliver_local is not None:
             try:
                 dsn = dsn_for(

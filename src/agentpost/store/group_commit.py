@@ -43,7 +43,7 @@ class GroupCommitter(Generic[P, R]):
         on_commit: Callable[[], None] = lambda: None,
         linger: float = 0.0,
         name: str = "group-committer",
-        durable: bool = True,
+        durable: bool | Callable[[list[P]], bool] = True,
     ) -> None:
         self.db = db
         self.write = write
@@ -51,7 +51,8 @@ class GroupCommitter(Generic[P, R]):
         self.on_commit = on_commit
         self.linger = max(0.0, linger)
         self.name = name
-        self.durable = durable  # Database.run_write's: False only for writes nobody was promised
+        # Database.run_write's: False only for writes nobody was promised; a function decides per group.
+        self.durable = durable
         self._queue: asyncio.Queue[_Pending[P, R]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -73,12 +74,15 @@ class GroupCommitter(Generic[P, R]):
 
     async def commit(self, items: list[P]) -> list[R]:
         if self._task is None:
-            result = await self.db.run_write(self.write, items, durable=self.durable)
+            result = await self.db.run_write(self.write, items, durable=self._durable(items))
             self.on_commit()
             return result
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(items, future))
         return await future
+
+    def _durable(self, items: list[P]) -> bool:
+        return self.durable(items) if callable(self.durable) else self.durable
 
     async def _run(self) -> None:
         while True:
@@ -95,8 +99,9 @@ class GroupCommitter(Generic[P, R]):
             await self._write(group)
 
     async def _write(self, group: list[_Pending[P, R]]) -> None:
+        items = [i for p in group for i in p.items]
         try:
-            results = await self.db.run_write(self.write, [i for p in group for i in p.items], durable=self.durable)
+            results = await self.db.run_write(self.write, items, durable=self._durable(items))
         except asyncio.CancelledError:
             for p in group:
                 if not p.future.done():

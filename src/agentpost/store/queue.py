@@ -286,6 +286,24 @@ def release_unattempted(conn: sa.Connection, item_ids: list[str]) -> None:
         )
 
 
+def write_outbound(conn: sa.Connection, batch: list[SentMessage | Settlement]) -> list[SavedSent | None]:
+    """Sent copies and delivery outcomes in one transaction (writer thread): a process's sends
+    and its deliveries' results share its commits, where two committers took the one SQLite
+    write lock in turn twice as often. One result per item: SavedSent for a sent copy, None for
+    an outcome."""
+    sent = [item for item in batch if isinstance(item, SentMessage)]
+    outcomes = [item for item in batch if isinstance(item, Settlement)]
+    saved = iter(save_sent(conn, sent) if sent else [])
+    if outcomes:
+        settle(conn, outcomes)
+    return [next(saved) if isinstance(item, SentMessage) else None for item in batch]
+
+
+def needs_fsync(batch: list[SentMessage | Settlement]) -> bool:
+    """Sent copies were promised to API callers (durable); outcomes alone may commit without an fsync."""
+    return any(isinstance(item, SentMessage) for item in batch)
+
+
 async def renew_leases(conn: AsyncConnection, item_ids: list[str], lease: timedelta) -> None:
     await leases.renew(conn, outbound_queue, item_ids, lease)
 
