@@ -144,6 +144,7 @@ class MxSession(SMTP):
         self._enforce_call_limit = False
         self.mx = handler
         self._peer_ip = ""
+        self._continued = b""  # the lines of a multiline reply so far (push)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd re-arms a loop timer after every command; moving a deadline instead and
@@ -232,6 +233,14 @@ class MxSession(SMTP):
             code = int(raw[:3])
             enhanced = _DEFAULT_ENHANCED.get(code, f"{raw[:1].decode()}.0.0")
             raw = raw[:4] + enhanced.encode() + b" " + raw[4:]
+        if raw[3:4] == b"-":
+            # RFC 5321 §4.2.1: "250-" lines continue a reply the client reads only once its last
+            # line arrives. aiosmtpd writes every line of EHLO's on its own (a send call, and a
+            # wake-up of the client, each); the lines go out together with the last one instead.
+            self._continued += raw + b"\r\n"
+            return
+        if self._continued:
+            raw, self._continued = self._continued + raw, b""
         await super().push(raw)
 
     async def _handle_client(self) -> None:
