@@ -573,11 +573,33 @@ def test_compose_text_and_html_is_fast() -> None:
         to=["Bob <bob@example.org>", "carol@example.net"], text=text, html=html, references=["<a@b.example>"]
     )
     assert 4500 < len(text) + len(html) < 5500
-    best = float("inf")
+
+    def stdlib() -> None:  # the peer: the same message through the standard library's composer
+        message = EmailMessage(policy=email.policy.SMTP)
+        message["From"] = draft.header_from
+        message["To"] = ", ".join(draft.to)
+        message["Subject"] = "Hi"
+        message["References"] = "<a@b.example>"
+        message["Message-ID"] = "<x@example.com>"
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+        message.as_bytes()
+
+    # Best of 5 interleaved rounds of CPU time: both sides share whatever else the machine runs
+    # (an absolute bound failed under a loaded CI at 155 us against 150).
+    ours = peer = float("inf")
     for _ in range(5):
-        started = time.process_time()  # CPU time: a busy machine's other processes don't count
-        for _ in range(300):
+        started = time.process_time()
+        for _ in range(200):
             compose(draft, domain=DOMAIN, now=NOW)
-        best = min(best, (time.process_time() - started) / 300)
-    print(f"\ncompose text+html ({len(text) + len(html)} chars): {best * 1e6:.1f} µs per message")
-    assert best < 150e-6
+        ours = min(ours, (time.process_time() - started) / 200)
+        started = time.process_time()
+        for _ in range(20):
+            stdlib()
+        peer = min(peer, (time.process_time() - started) / 20)
+    print(
+        f"\ncompose text+html ({len(text) + len(html)} chars): {ours * 1e6:.1f} µs per message; "
+        f"email.message.EmailMessage: {peer * 1e6:.1f} µs; ratio {ours / peer:.3f}"
+    )
+    # Measured here: ~0.04 (130 us against 3 ms). A 2x slowdown of compose fails.
+    assert ours < 0.08 * peer
