@@ -137,7 +137,9 @@ class Database:
         return self._sync_engine
 
     def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], durable: bool = True) -> T:
-        with self._cross_process_write_lock(), self._sync().connect() as conn:
+        # The pool checkout and check-in happen outside the cross-process lock: every process's
+        # writers wait while it is held, so it covers the transaction and nothing else.
+        with self._sync().connect() as conn, self._cross_process_write_lock():
             conn = conn.execution_options(writer=True)
             if durable or not self.is_sqlite:
                 with conn.begin():
