@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-import httpx
-
 from agentpost.net.dns import DnsError, Resolver, to_ascii
 
 log = logging.getLogger(__name__)
@@ -193,6 +191,8 @@ class PolicyFetcher:
         self.max_size = max_size
 
     async def fetch(self, domain: str) -> Policy:
+        import httpx  # here: only MTA-STS policy fetches need it (~6 MB per process otherwise)
+
         host = "mta-sts." + to_ascii(domain)
         try:
             addresses = await self.resolver.a(host)
@@ -214,6 +214,8 @@ class PolicyFetcher:
         raise PolicyFetchError(f"https://{host}{POLICY_PATH}: " + "; ".join(failures))
 
     async def _fetch_from(self, host: str, ip: str) -> Policy:
+        import httpx
+
         literal = f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
         url = f"https://{literal}:{self.port}{POLICY_PATH}"
         authority = host if self.port == 443 else f"{host}:{self.port}"

@@ -15,8 +15,8 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import httpx
 from standardwebhooks.webhooks import Webhook as Signer
 
 from agentpost.config import WebhookConfig
@@ -26,6 +26,9 @@ from agentpost.store import events as event_store
 from agentpost.store import webhooks as webhook_store
 from agentpost.store.db import Database
 from agentpost.store.webhooks import Claimed
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class WebhookWorker:
         self.config = config
         self.unseal = unseal
         self.poll_interval = poll_interval
+        import httpx  # here: MX worker processes, which run no webhook worker, never load it
+
         self.client = httpx.AsyncClient(
             timeout=config.timeout,
             transport=transport,

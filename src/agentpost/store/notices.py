@@ -10,8 +10,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "agentpost_events"
@@ -57,6 +55,9 @@ class PgNotices:
             self._on_wake()
 
     async def _keep_connected(self) -> None:
+        # Imported here: on SQLite (the default) nothing loads the driver (~3 MB per process).
+        import asyncpg  # type: ignore[import-untyped]
+
         while True:
             try:
                 conn = await asyncpg.connect(self.dsn)
@@ -89,6 +90,8 @@ class PgNotices:
             self._sender = asyncio.create_task(self._send(), name="pg-notify")
 
     async def _send(self) -> None:
+        import asyncpg
+
         while self._pending:
             self._pending = False
             conn = self._conn
