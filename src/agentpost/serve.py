@@ -313,9 +313,6 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("AGENTPOST_SWITCH", "0.005")))
 
 
 def signal_ready(ready_fd: int | None) -> None:
