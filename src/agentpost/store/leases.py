@@ -67,6 +67,15 @@ def claim_sync(
     return rows
 
 
+def release_sync(
+    conn: sa.Connection, table: sa.Table, pending: sa.ColumnElement[bool], ids: list[str], **on_release: Any
+) -> None:
+    """Give back rows matching ``pending`` that this worker holds, before their lease ends: due
+    again at once for any worker. ``on_release`` sets more columns (synchronous, writer thread)."""
+    if ids:
+        conn.execute(table.update().where(table.c.id.in_(ids), pending).values(lease_until=None, **on_release))
+
+
 async def renew(conn: AsyncConnection, table: sa.Table, ids: list[str], lease: timedelta) -> None:
     """Extend the leases of rows this worker still holds (work in flight outlives one lease)."""
     if ids:

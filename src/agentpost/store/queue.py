@@ -278,12 +278,14 @@ def settle(conn: sa.Connection, batch: list[Settlement]) -> list[None]:
 def release_unattempted(conn: sa.Connection, item_ids: list[str]) -> None:
     """Give back items leased to this process that it never dialled (it is stopping): due again
     at once for any worker, their counted attempt taken back."""
-    if item_ids:
-        conn.execute(
-            outbound_queue.update()
-            .where(outbound_queue.c.id.in_(item_ids), outbound_queue.c.status == "queued")
-            .values(lease_until=None, attempts=outbound_queue.c.attempts - 1, updated_at=utcnow())
-        )
+    leases.release_sync(
+        conn,
+        outbound_queue,
+        outbound_queue.c.status == "queued",
+        item_ids,
+        attempts=outbound_queue.c.attempts - 1,
+        updated_at=utcnow(),
+    )
 
 
 def write_outbound(conn: sa.Connection, batch: list[SentMessage | Settlement]) -> list[SavedSent | None]:
