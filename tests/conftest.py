@@ -77,12 +77,8 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 def server(tmp_path: Path, database_url: str) -> Iterator[AgentpostServer]:
     """A real `agentpost serve` process, with an organisation API key."""
     srv = AgentpostServer(tmp_path / "data", database_url=database_url if BACKEND == "postgresql" else "")
-    srv.setup()
-    srv.start()
-    try:
+    with srv.running():
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +88,5 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> It
     if postgres is not None:
         url = str(postgres.create_database("m" + uuid.uuid4().hex[:12]))
     srv = AgentpostServer(tmp_path_factory.mktemp("server") / "data", database_url=url)
-    srv.setup()
-    srv.start()
-    try:
+    with srv.running():
         yield srv
-    finally:
-        srv.stop()

@@ -140,6 +140,16 @@ class AgentpostServer:
             self.proc.wait(10)
         self.proc = None
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[AgentpostServer]:
+        """Set up, started, and stopped again on leaving."""
+        self.setup()
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.http_url, headers={"authorization": f"Bearer {self.api_key}"}, timeout=30)
 
@@ -164,9 +174,5 @@ def authenticating_server(
             **(extra_env or {}),
         },
     )
-    srv.setup()
-    srv.start()
-    try:
+    with srv.running():
         yield srv
-    finally:
-        srv.stop()

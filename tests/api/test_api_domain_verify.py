@@ -25,12 +25,8 @@ def dns_and_server(tmp_path: Path) -> Iterator[tuple[NsdServer, AgentpostServer]
             tmp_path / "data",
             extra_env={"AGENTPOST_DNS_SERVERS": nsd.address, "AGENTPOST_OUTBOUND_SOURCE": "127.0.0.2"},
         )
-        srv.setup()
-        srv.start()
-        try:
+        with srv.running():
             yield nsd, srv
-        finally:
-            srv.stop()
 
 
 def test_verify_through_the_api_updates_each_record_and_the_domain(

@@ -29,12 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[
         database_url=url,
         extra_env={"AGENTPOST_HTTP_PUBLIC_URL": PUBLIC_URL},
     )
-    srv.setup()
-    srv.start()
-    try:
+    with srv.running():
         yield srv
-    finally:
-        srv.stop()
 
 
 def _inbox(http: httpx.Client, address: str) -> tuple[str, dict[str, str]]:

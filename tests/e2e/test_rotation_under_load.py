@@ -51,12 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, postgres: A
             "AGENTPOST_DOMAINS_DKIM_ROTATION_INTERVAL": "0",  # only the rotation this test asks for
         },
     )
-    srv.setup()
-    srv.start()
-    try:
+    with srv.running():
         yield srv
-    finally:
-        srv.stop()
 
 
 def _dkim_records(http: httpx.Client, domain_id: str) -> dict[str, dict[str, Any]]:
