@@ -21,7 +21,6 @@ from agentpost import log as logsetup
 from agentpost import schemas
 from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.errors import AgentpostError, Unauthorized
-from agentpost.mcp.stdio import serve_stdio
 from agentpost.proto.address import AddressError, parse_address
 from agentpost.serve import build_context, ensure_tls, standalone_context
 from agentpost.service import domains as domain_service
@@ -154,6 +153,7 @@ def serve() -> None:
 def mx_worker(
     parent_pid: int = typer.Option(0, help="pid of the serve process"),
     ready_fd: int = typer.Option(-1, help="pipe to write one byte to once listening"),
+    writer_fd: int = typer.Option(-1, help="socket to the write process"),
 ) -> None:
     """An extra process on the MX and HTTP ports (started by `serve`; not for direct use)."""
     from agentpost.serve import run_mx_worker
@@ -161,7 +161,11 @@ def mx_worker(
     config = _config()
     logsetup.setup(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        run_loop(run_mx_worker(config, parent_pid or None, ready_fd if ready_fd >= 0 else None))
+        run_loop(
+            run_mx_worker(
+                config, parent_pid or None, ready_fd if ready_fd >= 0 else None, writer_fd if writer_fd >= 0 else None
+            )
+        )
 
 
 @app.command("mcp")
@@ -188,6 +192,9 @@ def mcp_stdio(
 
     async def main() -> None:
         async with standalone_context(config) as ctx:
+            # Imported here: the MCP SDK costs every serve process ~25 MB it does not use.
+            from agentpost.mcp.stdio import serve_stdio
+
             await serve_stdio(ctx, api_key)
 
     try:

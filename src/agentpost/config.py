@@ -190,6 +190,9 @@ class DatabaseConfig(Section):
     # Seconds the group committer waits for more messages before committing a group; a little
     # latency buys larger groups (each commit has a fixed cost).
     commit_linger: float = 0.002
+    # SQLite: `serve` runs every process's write transactions in one process of its own
+    # (store/write_process.py); off, each process writes itself, taking turns on a file lock.
+    write_process: bool = True
 
 
 class ParseConfig(Section):
@@ -399,6 +402,7 @@ dkim_grace_period = 604800.0         # seconds a replaced DKIM key stays publish
 # url = "postgresql://agentpost@127.0.0.1/agentpost"   # empty: SQLite in data_dir
 commit_batch = 256
 commit_linger = 0.002
+write_process = true        # SQLite: one process does every write (faster under load)
 
 [parse]
 max_headers = 1000

@@ -45,6 +45,7 @@ from agentpost.service.unsubscribe import address_tokens
 from agentpost.smtpd.mx import MxHandler, MxServer
 from agentpost.store import messages as message_store
 from agentpost.store import queue as queue_store
+from agentpost.store import write_process
 from agentpost.store.db import Database
 from agentpost.store.group_commit import GroupCommitter
 from agentpost.store.messages import NewMessage, Saved
@@ -169,6 +170,8 @@ class Running:
     # Scheduled drafts (service/drafts.py), in the parent process only; drafts are leased, so
     # several serve instances sharing PostgreSQL send each one once.
     scheduler: asyncio.Task[None] | None = None
+    # The SQLite write process (store/write_process.py), in the parent process only.
+    writer: subprocess.Popen[bytes] | None = None
 
 
 def mx_processes(config: Config) -> int:
@@ -274,20 +277,31 @@ async def standalone_context(config: Config) -> AsyncIterator[Context]:
         await db.close()
 
 
-def spawn_mx_workers(count: int, timeout: float = 60.0) -> list[subprocess.Popen[bytes]]:
+def spawn_mx_workers(
+    count: int, writer_ends: list[socket.socket] | None = None, timeout: float = 60.0
+) -> list[subprocess.Popen[bytes]]:
     """Extra processes on the same ports (they read the same config and environment), started
     before the parent listens and waited for: clients that connect at once (and keep their
-    connections) are then spread over every process, not only the first one listening."""
+    connections) are then spread over every process, not only the first one listening.
+    ``writer_ends``: one socket to the write process per worker (handed over, closed here)."""
     workers: list[subprocess.Popen[bytes]] = []
     ready: list[int] = []
-    for _ in range(count):
+    for n in range(count):
         read_end, write_end = os.pipe()
         command = [
             sys.executable, "-m", "agentpost", "mx-worker",
             "--parent-pid", str(os.getpid()), "--ready-fd", str(write_end),
         ]  # fmt: skip
-        workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=(write_end,)))
-        os.close(write_end)
+        fds = [write_end]
+        if writer_ends:
+            command += ["--writer-fd", str(writer_ends[n].fileno())]
+            fds.append(writer_ends[n].fileno())
+        try:
+            workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=fds))
+        finally:
+            os.close(write_end)
+            if writer_ends:
+                writer_ends[n].close()
         ready.append(read_end)
     deadline = time.monotonic() + timeout
     for proc, read_end in zip(workers, ready, strict=True):
@@ -349,11 +363,13 @@ def die_with_parent(parent_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def run_mx_worker(config: Config, parent_pid: int | None = None, ready_fd: int | None = None) -> None:
+async def run_mx_worker(
+    config: Config, parent_pid: int | None = None, ready_fd: int | None = None, writer_fd: int | None = None
+) -> None:
     """`agentpost mx-worker`: one more process on the MX and HTTP ports, with its own outbound
     worker; the parent `serve` also runs migrations and the webhook worker."""
     die_with_parent(parent_pid)
-    running = await start(config, child=True)
+    running = await start(config, child=True, writer_fd=writer_fd)
     freeze_startup_heap()
     signal_ready(ready_fd)
     stopping = asyncio.Event()
@@ -412,15 +428,25 @@ def worker_settings(config: Config) -> WorkerSettings:
     )
 
 
-async def start(config: Config, *, child: bool = False) -> Running:
+async def start(config: Config, *, child: bool = False, writer_fd: int | None = None) -> Running:
     """Everything `serve` runs; a ``child`` (an extra process on the same ports) skips
     migrations, spawns nothing and leaves webhooks to the parent."""
     db = Database(config.database_url)
     processes = mx_processes(config)
     workers: list[subprocess.Popen[bytes]] = []
+    writer: subprocess.Popen[bytes] | None = None
+    loop = asyncio.get_running_loop()
     if not child:
         await db.migrate()
-        workers = await asyncio.get_running_loop().run_in_executor(None, spawn_mx_workers, processes - 1)
+        worker_ends: list[socket.socket] = []
+        if db.file_path is not None and config.database.write_process:
+            # SQLite: one process runs every process's write transactions (store/write_process.py).
+            writer, ends = await loop.run_in_executor(None, write_process.spawn, config.database_url, processes)
+            await db.attach_writer(write_process.WriteChannel(ends[0]))
+            worker_ends = ends[1:]
+        workers = await loop.run_in_executor(None, spawn_mx_workers, processes - 1, worker_ends)
+    elif writer_fd is not None:
+        await db.attach_writer(write_process.WriteChannel(socket.socket(fileno=writer_fd)))
     directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     ctx = build_context(config, db, directory)
     # Commits in the other processes on this database wake this one's feeds and WebSockets.
@@ -499,7 +525,9 @@ async def start(config: Config, *, child: bool = False) -> Running:
     if not child:  # DNS re-checks (unless recheck_interval is 0) and DKIM rotation steps
         rechecks = asyncio.create_task(domain_service.run_rechecks(ctx, config.domains.recheck_interval))
     scheduler = None if child else asyncio.create_task(draft_service.run_scheduled(ctx), name="drafts")
-    return Running(ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks, scheduler)
+    return Running(
+        ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks, scheduler, writer
+    )
 
 
 async def stop(running: Running) -> None:
@@ -524,6 +552,8 @@ async def stop(running: Running) -> None:
     await running.committer.stop()
     await running.ctx.bus.close()
     await running.ctx.db.close()
+    if running.writer is not None:  # it ends once every process has closed its end
+        await asyncio.get_running_loop().run_in_executor(None, write_process.wait_for, running.writer)
 
 
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:

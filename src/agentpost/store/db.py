@@ -12,27 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from agentpost.store.engines import async_url, configure_sqlite, sync_url
+from agentpost.store.write_process import WriteChannel, WriterUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
-
-
-def sync_url(url: str) -> str:
-    """The synchronous driver for the group-commit writer thread (same database)."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def async_url(url: str) -> str:
-    """Map a user-facing URL to the async driver SQLAlchemy needs."""
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    return url
 
 
 READERS = 4  # reader threads (and pooled connections) for run_read
@@ -61,7 +47,7 @@ class Database:
             kwargs["max_overflow"] = 10
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
-            self._configure_sqlite(self.engine.sync_engine)
+            configure_sqlite(self.engine.sync_engine)
         # The hot write path (received mail, in groups) runs whole transactions in one thread
         # hop on a synchronous engine: per statement hops through the async driver cost more
         # than the statements themselves.
@@ -77,30 +63,21 @@ class Database:
                 self._lock_fd = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
         # SQLite allows one writer: serialise writers in-process instead of spinning on SQLITE_BUSY.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # serve's write process (write_process.py), when it runs one: run_write goes there.
+        self._channel: WriteChannel | None = None
 
-    @staticmethod
-    def _configure_sqlite(engine: sa.Engine) -> None:
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Take over transaction control so a writer can BEGIN IMMEDIATE: a deferred
-            # transaction that later upgrades to a writer fails with SQLITE_BUSY regardless of
-            # busy_timeout.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL: the WAL is fsynced at every commit, so an acknowledged message survives a
-            # power loss, not only a process crash.
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            # SQLite checkpoints the WAL into the database every 1000 pages (its default).
-            cursor.execute("PRAGMA wal_autocheckpoint=1000")
-            cursor.close()
+    @property
+    def file_path(self) -> str | None:
+        """The SQLite database file (None for PostgreSQL or an in-memory database)."""
+        if not self.is_sqlite:
+            return None
+        path = self.url.split(":///", 1)[1]
+        return path if path and path != ":memory:" else None
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: sa.Connection) -> None:
-            mode = "IMMEDIATE" if conn.get_execution_options().get("writer") else "DEFERRED"
-            conn.exec_driver_sql(f"BEGIN {mode}")
+    async def attach_writer(self, channel: WriteChannel) -> None:
+        """Send run_write's transactions to the write process on ``channel`` from now on."""
+        await channel.start()
+        self._channel = channel
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -132,7 +109,7 @@ class Database:
                 url, pool_size=1, max_overflow=0, connect_args={"timeout": 30} if self.is_sqlite else {}
             )
             if self.is_sqlite:
-                self._configure_sqlite(engine)
+                configure_sqlite(engine)
             self._sync_engine = engine
         return self._sync_engine
 
@@ -185,6 +162,12 @@ class Database:
         outcome (the item would be delivered again). Anything acknowledged to a client (a 250
         at the MX, an API send's answer) is committed durably.
         """
+        channel = self._channel
+        if channel is not None and channel.open:
+            try:
+                return await channel.call(fn, args, durable)  # type: ignore[no-any-return]
+            except WriterUnavailable:
+                pass  # never sent (the process is gone, or the call cannot travel): write here
         loop = asyncio.get_running_loop()
         if self._write_lock is not None:
             async with self._write_lock:
@@ -200,7 +183,7 @@ class Database:
                 connect_args={"timeout": 30} if self.is_sqlite else {},
             )
             if self.is_sqlite:
-                self._configure_sqlite(engine)
+                configure_sqlite(engine)
             self._read_engine = engine
         with self._read_engine.connect() as conn, conn.begin():
             return fn(conn, *args)
@@ -231,6 +214,9 @@ class Database:
             await conn.run_sync(upgrade)
 
     async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
         await self.engine.dispose()
         if self._sync_engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)

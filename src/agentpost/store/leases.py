@@ -9,12 +9,14 @@ claimed again once the lease runs out. On PostgreSQL the selected rows are locke
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost.model import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 def _due(table: sa.Table, pending: sa.ColumnElement[bool], limit: int, now: datetime) -> sa.Select[Any]:

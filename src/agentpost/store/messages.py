@@ -5,17 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentpost import schemas
 from agentpost.model import new_id, utcnow
 from agentpost.proto.mime import ParsedAttachment
 from agentpost.store import labels as labelset
 from agentpost.store.bulk import BulkInsert
 from agentpost.store.tables import attachments, blobs, events, messages, threads
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from agentpost import schemas
 
 MAX_THREAD_PARTICIPANTS = 50
 
@@ -337,12 +340,16 @@ _ITEM_COLUMNS = [c for c in messages.c if c.name not in ("text", "html", "extrac
 
 
 def _attachments(value: Any) -> list[schemas.Attachment] | None:
+    from agentpost import schemas  # imported late: the write process never builds API shapes
+
     if not value:
         return None
     return [schemas.Attachment(**a) for a in value]
 
 
 def to_item(row: Any) -> schemas.MessageItem:
+    from agentpost import schemas  # imported late: the write process never builds API shapes
+
     return schemas.MessageItem(
         inbox_id=row.inbox_id,
         thread_id=row.thread_id,
@@ -366,6 +373,8 @@ def to_item(row: Any) -> schemas.MessageItem:
 
 
 def to_message(row: Any) -> schemas.Message:
+    from agentpost import schemas  # imported late: the write process never builds API shapes
+
     return schemas.Message(
         **to_item(row).model_dump(by_alias=False),
         reply_to=row.reply_to,
@@ -487,6 +496,8 @@ async def refresh_thread_labels(conn: AsyncConnection, thread_id: str) -> list[s
 
 
 def to_thread_item(row: Any) -> schemas.ThreadItem:
+    from agentpost import schemas  # imported late: the write process never builds API shapes
+
     return schemas.ThreadItem(
         inbox_id=row.inbox_id,
         thread_id=row.id,

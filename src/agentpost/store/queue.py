@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentpost.model import new_id, utcnow
 from agentpost.store import leases
@@ -16,6 +15,9 @@ from agentpost.store import messages as message_store
 from agentpost.store.bulk import BulkInsert
 from agentpost.store.messages import NewMessage
 from agentpost.store.tables import blobs, delivery_attempts, events, outbound_queue, suppressions
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @dataclass(frozen=True, slots=True)
