@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-import flufl.bounce
-
 from agentpost.proto import mime
 from agentpost.proto.threads import normalise_msgid
 
@@ -489,6 +487,9 @@ def _unique(items: list[str]) -> list[str]:
 
 def _flufl_failures(raw: bytes) -> tuple[set[str], set[str]]:
     """flufl.bounce's detectors for the non-standard formats (Exim, qmail, Yahoo, ...)."""
+    # Imported on first use: ~5 MB every serve process would carry for the rare non-RFC 3464 bounce.
+    import flufl.bounce
+
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
         temporary, permanent = flufl.bounce.all_failures(message)

@@ -7,15 +7,12 @@ from html import unescape
 from html.parser import HTMLParser
 
 import nh3
-from inscriptis import get_text
-from inscriptis.model.config import ParserConfig
 from mailparser_reply.constants import GENERIC_MAIL_SEPARATOR, MAIL_LANGUAGES
 
 __all__ = ["extract_reply", "extract_reply_html", "html_to_text", "preview", "sanitize_html"]
 
 # --------------------------------------------------------------------------- HTML -> text
 
-_CONFIG = ParserConfig(display_links=True)
 _STYLE_ATTR = re.compile(r"""\sstyle\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 # Ways newsletters hide preheader text from people but not from parsers.
 _HIDDEN_STYLE = re.compile(
@@ -51,8 +48,12 @@ def html_to_text(html: str) -> str:
         return ""
     if len(html) > MAX_RICH_HTML:
         return _tidy(_crude_text(html))
+    # Imported on first use: inscriptis and lxml cost every process ~8 MB, and most mail has text.
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
     try:
-        text = get_text(_hide_invisible(html), _CONFIG)
+        text = get_text(_hide_invisible(html), ParserConfig(display_links=True))
     except Exception:  # lxml or inscriptis on hostile markup: fall back to crude tag stripping
         text = _crude_text(html)
     return _tidy(text)

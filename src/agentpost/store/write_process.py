@@ -90,6 +90,12 @@ class _Client:
         self.buffer = bytearray()
 
 
+# recv(n) allocates n bytes before it knows how many arrive (a large n costs an mmap each call):
+# every read lands in this one buffer and only what arrived is copied out.
+_SCRATCH = bytearray(1 << 20)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
+
+
 def serve(url: str, fds: list[int]) -> None:
     """Run write requests from the clients on ``fds`` until every client has closed its end."""
     engine = sa.create_engine(sync_url(url), pool_size=1, max_overflow=0, connect_args={"timeout": 30})
@@ -125,12 +131,12 @@ def serve(url: str, fds: list[int]) -> None:
 def _receive(client: _Client, pending: list[_Request]) -> bool:
     """Read what the client sent; False once it has closed its end."""
     try:
-        data = client.sock.recv(1 << 20)
+        size = client.sock.recv_into(_SCRATCH_VIEW)
     except OSError:
         return False
-    if not data:
+    if not size:
         return False
-    client.buffer += data
+    client.buffer += _SCRATCH_VIEW[:size]
     buffer = client.buffer
     offset = 0
     while len(buffer) - offset >= _HEADER.size:
