@@ -134,3 +134,17 @@ def test_a_stuck_write_process_is_killed_at_shutdown(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_write_process_that_never_answers_is_not_used(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'agentpost.db'}"
+    db = Database(url)
+    await db.migrate()
+    proc, ends = write_process.spawn(url, 1)
+    proc.kill()
+    proc.wait()
+    try:
+        assert await db.attach_writer(WriteChannel(ends[0]), answer_within=5) is False
+        assert (await db.run_write(writefns.insert, "here@x.test"))[0] == os.getpid()
+    finally:
+        await db.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +15,11 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from agentpost.store import write_process
 from agentpost.store.engines import async_url, configure_sqlite, sync_url
 from agentpost.store.write_process import WriteChannel, WriterUnavailable
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 
@@ -74,10 +77,18 @@ class Database:
         path = self.url.split(":///", 1)[1]
         return path if path and path != ":memory:" else None
 
-    async def attach_writer(self, channel: WriteChannel) -> None:
-        """Send run_write's transactions to the write process on ``channel`` from now on."""
+    async def attach_writer(self, channel: WriteChannel, answer_within: float = 30.0) -> bool:
+        """Send run_write's transactions to the write process on ``channel`` from now on; False
+        (and this process writes itself) when it does not answer."""
         await channel.start()
+        try:
+            await asyncio.wait_for(channel.call(write_process.ping, (), False), answer_within)
+        except Exception as exc:
+            log.warning("the SQLite write process did not answer (%s): this process writes itself", exc)
+            await channel.close()
+            return False
         self._channel = channel
+        return True
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -201,6 +201,11 @@ def _run_group(conn: sa.Connection, lock_fd: int, group: list[_Request]) -> list
     return [(r, _result_frame(r.request_id, ok, value)) for r, (ok, value) in zip(group, outcomes, strict=True)]
 
 
+def ping(conn: sa.Connection) -> int:
+    """The write process's answer to a new client: its pid (proof it runs and can write)."""
+    return os.getpid()
+
+
 class WriteChannel:
     """A serve process's end of the socket to the write process: calls, and their answers."""
 
