@@ -148,3 +148,16 @@ async def test_a_write_process_that_never_answers_is_not_used(tmp_path: Path) ->
         assert (await db.run_write(writefns.insert, "here@x.test"))[0] == os.getpid()
     finally:
         await db.close()
+
+
+async def test_a_terminating_signal_to_the_whole_group_leaves_the_write_process_serving_until_its_clients_close(
+    served: Any,
+) -> None:
+    first, second, proc = served
+    # systemd (KillMode=control-group) and Ctrl-C signal every process at once; the serve
+    # processes still flush their last group commits through the write process.
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.2)
+    assert proc.poll() is None
+    assert (await second.run_write(writefns.insert, "last@x.test"))[0] == proc.pid

@@ -309,11 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, action="append", default=[])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Ctrl-C in a terminal reaches the whole process group: this process ends when its clients
-    # have closed their ends (after their last writes), not at the signal.
+    # Ctrl-C in a terminal and a service manager's SIGTERM reach every process of the group at
+    # once: this one ends when its clients have closed their ends, after their last writes (the
+    # group commits a stopping serve process flushes), not at the signal. serve kills it if it
+    # has not ended 15 s after the last client closed (wait_for).
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(args.url, args.fd)
 
 
