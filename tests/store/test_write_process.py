@@ -161,3 +161,28 @@ async def test_a_terminating_signal_to_the_whole_group_leaves_the_write_process_
     await asyncio.sleep(0.2)
     assert proc.poll() is None
     assert (await second.run_write(writefns.insert, "last@x.test"))[0] == proc.pid
+
+
+def test_a_request_that_cannot_be_read_is_answered_with_an_error_and_the_write_process_carries_on(
+    tmp_path: Path,
+) -> None:
+    import pickle
+
+    url = f"sqlite:///{tmp_path / 'agentpost.db'}"
+    proc, (end,) = write_process.spawn(url, 1)
+    header = write_process._HEADER
+    try:
+        garbage = b"not a pickle"
+        end.sendall(header.pack(7, len(garbage)) + garbage)
+        answer = b""
+        end.settimeout(10)
+        while len(answer) < header.size or len(answer) < header.size + header.unpack_from(answer)[1]:
+            answer += end.recv(65536)
+        request_id, size = header.unpack_from(answer)
+        ok, error = pickle.loads(answer[header.size : header.size + size])
+        assert request_id == 7 and ok is False and isinstance(error, pickle.UnpicklingError)
+        # A client that sends garbage and leaves at once is dropped too, so the process still ends.
+        end.sendall(header.pack(8, len(garbage)) + garbage)
+    finally:
+        end.close()
+    assert proc.wait(10) == 0

@@ -116,12 +116,12 @@ def serve(url: str, fds: list[int]) -> None:
                 for key, _ in selector.select(timeout=0 if pending else None):
                     client: _Client = key.data
                     if not _receive(client, pending):
-                        selector.unregister(client.sock)
-                        client.sock.close()
+                        _drop(selector, client.sock)
                 if pending:
                     group, pending = pending[:MAX_GROUP], pending[MAX_GROUP:]
                     for request, frame in _run_group(conn, lock_fd, group):
-                        _send(selector, request.client, frame)
+                        if not _send(request.client, frame):
+                            _drop(selector, request.client)
     finally:
         selector.close()
         os.close(lock_fd)
@@ -147,7 +147,8 @@ def _receive(client: _Client, pending: list[_Request]) -> bool:
         try:
             fn, args, durable = pickle.loads(memoryview(buffer)[offset + _HEADER.size : end])
         except Exception as exc:
-            _send(None, client.sock, _result_frame(request_id, False, exc))
+            if not _send(client.sock, _result_frame(request_id, False, exc)):
+                return False
         else:
             pending.append(_Request(client.sock, request_id, fn, args, bool(durable)))
         offset = end
@@ -155,14 +156,20 @@ def _receive(client: _Client, pending: list[_Request]) -> bool:
     return True
 
 
-def _send(selector: selectors.BaseSelector | None, sock: socket.socket, frame: bytes) -> None:
+def _send(sock: socket.socket, frame: bytes) -> bool:
+    """False when the client is gone (or stuck past SEND_TIMEOUT): the caller drops it."""
     try:
         sock.sendall(frame)
-    except OSError:  # the client is gone (or stuck): its reader sees the socket close
-        if selector is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                selector.unregister(sock)
-        sock.close()
+    except OSError:
+        return False
+    return True
+
+
+def _drop(selector: selectors.BaseSelector, sock: socket.socket) -> None:
+    """Forget a client (its reader sees the socket close); once every client is gone, serve returns."""
+    with contextlib.suppress(KeyError, ValueError):  # already dropped for an earlier answer
+        selector.unregister(sock)
+    sock.close()
 
 
 def _run_group(conn: sa.Connection, lock_fd: int, group: list[_Request]) -> list[tuple[_Request, bytes]]:
