@@ -6,9 +6,9 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentpost.store import write_process
-from agentpost.store.engines import async_url, configure_sqlite, sync_url
+from agentpost.store.engines import (
+    async_url,
+    configure_sqlite,
+    open_write_lock,
+    sqlite_file,
+    sync_url,
+    without_fsync,
+    write_lock,
+)
 from agentpost.store.write_process import WriteChannel, WriterUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,9 +44,8 @@ class Database:
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
-            path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if self.file_path is not None:
+                Path(self.file_path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
             # Every aiosqlite connection is a thread: a pool that overflows under concurrent
             # requests and closes the extra connections again churns threads (measured: ~10% of
@@ -59,11 +66,7 @@ class Database:
         # Hot reads (the send path) run as one synchronous transaction per thread hop, like writes.
         self._read_engine: sa.Engine | None = None
         self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="db-reader")
-        self._lock_fd: int | None = None
-        if self.is_sqlite:
-            path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                self._lock_fd = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = open_write_lock(self.file_path) if self.file_path is not None else None
         # SQLite allows one writer: serialise writers in-process instead of spinning on SQLITE_BUSY.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         # serve's write process (write_process.py), when it runs one: run_write goes there.
@@ -72,10 +75,7 @@ class Database:
     @property
     def file_path(self) -> str | None:
         """The SQLite database file (None for PostgreSQL or an in-memory database)."""
-        if not self.is_sqlite:
-            return None
-        path = self.url.split(":///", 1)[1]
-        return path if path and path != ":memory:" else None
+        return sqlite_file(self.url)
 
     async def attach_writer(self, channel: WriteChannel, answer_within: float = 30.0) -> bool:
         """Send run_write's transactions to the write process on ``channel`` from now on; False
@@ -127,41 +127,15 @@ class Database:
     def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], durable: bool = True) -> T:
         # The pool checkout and check-in happen outside the cross-process lock: every process's
         # writers wait while it is held, so it covers the transaction and nothing else.
-        with self._sync().connect() as conn, self._cross_process_write_lock():
+        with self._sync().connect() as conn, write_lock(self._lock_fd):
             conn = conn.execution_options(writer=True)
             if durable or not self.is_sqlite:
                 with conn.begin():
                     if not durable:
                         conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     return fn(conn, *args)
-            # SQLite WAL with synchronous=NORMAL: the commit is atomic and survives a process
-            # crash, only an OS crash or power loss may take it back (the next FULL commit's fsync
-            # covers it too). The setting is per connection: put FULL back for the next writer.
-            # On the driver's connection: through SQLAlchemy the PRAGMA would open the transaction.
-            pragma = conn.connection.cursor()
-            pragma.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with conn.begin():
-                    return fn(conn, *args)
-            finally:
-                pragma.execute("PRAGMA synchronous=FULL")
-                pragma.close()
-
-    @contextmanager
-    def _cross_process_write_lock(self) -> Iterator[None]:
-        """SQLite has one writer at a time; several processes (MX workers) take turns here.
-
-        SQLite's own busy handler sleeps with growing back-off while another process writes;
-        a blocking flock wakes the waiter the moment the lock is released.
-        """
-        if self._lock_fd is None:
-            yield
-            return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            with without_fsync(conn), conn.begin():
+                return fn(conn, *args)
 
     async def run_write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """Run ``fn(connection, *args)`` as one read-write transaction in the writer thread.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +26,52 @@ def async_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
+
+
+def sqlite_file(url: str) -> str | None:
+    """The SQLite database file of ``url`` (None for PostgreSQL or an in-memory database)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1]
+    return path if path and path != ":memory:" else None
+
+
+def open_write_lock(database_file: str) -> int:
+    """The file every SQLite writer, in any process, locks around its transaction (write_lock)."""
+    return os.open(database_file + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@contextmanager
+def write_lock(lock_fd: int | None) -> Iterator[None]:
+    """SQLite has one writer at a time; the processes on one database take turns here.
+
+    SQLite's own busy handler sleeps with growing back-off while another process writes;
+    a blocking flock wakes the waiter the moment the lock is released.
+    """
+    if lock_fd is None:
+        yield
+        return
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def without_fsync(conn: sa.Connection) -> Iterator[None]:
+    """SQLite WAL with synchronous=NORMAL for the transactions opened inside: each commit is
+    atomic and survives a process crash, only an OS crash or power loss may take it back (the
+    next FULL commit's fsync covers it too). The setting is per connection: FULL comes back
+    for the next writer. Set on the driver's connection: through SQLAlchemy the PRAGMA would
+    open the transaction."""
+    pragma = conn.connection.cursor()
+    pragma.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        pragma.execute("PRAGMA synchronous=FULL")
+        pragma.close()
 
 
 def configure_sqlite(engine: sa.Engine) -> None:

@@ -18,6 +18,8 @@ from agentpost.store.tables import attachments, blobs, events, messages, threads
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    # At run time the row -> API shape functions import it themselves: the write process, which
+    # imports this module for save_batch, never builds API shapes and so never loads pydantic.
     from agentpost import schemas
 
 MAX_THREAD_PARTICIPANTS = 50
@@ -340,7 +342,7 @@ _ITEM_COLUMNS = [c for c in messages.c if c.name not in ("text", "html", "extrac
 
 
 def _attachments(value: Any) -> list[schemas.Attachment] | None:
-    from agentpost import schemas  # imported late: the write process never builds API shapes
+    from agentpost import schemas
 
     if not value:
         return None
@@ -348,7 +350,7 @@ def _attachments(value: Any) -> list[schemas.Attachment] | None:
 
 
 def to_item(row: Any) -> schemas.MessageItem:
-    from agentpost import schemas  # imported late: the write process never builds API shapes
+    from agentpost import schemas
 
     return schemas.MessageItem(
         inbox_id=row.inbox_id,
@@ -373,7 +375,7 @@ def to_item(row: Any) -> schemas.MessageItem:
 
 
 def to_message(row: Any) -> schemas.Message:
-    from agentpost import schemas  # imported late: the write process never builds API shapes
+    from agentpost import schemas
 
     return schemas.Message(
         **to_item(row).model_dump(by_alias=False),
@@ -496,7 +498,7 @@ async def refresh_thread_labels(conn: AsyncConnection, thread_id: str) -> list[s
 
 
 def to_thread_item(row: Any) -> schemas.ThreadItem:
-    from agentpost import schemas  # imported late: the write process never builds API shapes
+    from agentpost import schemas
 
     return schemas.ThreadItem(
         inbox_id=row.inbox_id,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
@@ -39,7 +38,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from agentpost.store.engines import configure_sqlite, sync_url
+from agentpost.store.engines import configure_sqlite, open_write_lock, sqlite_file, sync_url, without_fsync, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +99,10 @@ def serve(url: str, fds: list[int]) -> None:
     """Run write requests from the clients on ``fds`` until every client has closed its end."""
     engine = sa.create_engine(sync_url(url), pool_size=1, max_overflow=0, connect_args={"timeout": 30})
     configure_sqlite(engine)
-    path = url.split(":///", 1)[1]
-    lock_fd = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    database_file = sqlite_file(url)
+    if database_file is None:
+        raise ValueError(f"the write process serves a SQLite database file, not {url}")
+    lock_fd = open_write_lock(database_file)
     selector = selectors.DefaultSelector()
     for fd in fds:
         sock = socket.socket(fileno=fd)
@@ -176,36 +177,29 @@ def _run_group(conn: sa.Connection, lock_fd: int, group: list[_Request]) -> list
     """One transaction for the group (durable if any request is), each request in a savepoint."""
     durable = any(r.durable for r in group)
     outcomes: list[tuple[bool, Any]] = []
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    try:
-        pragma = conn.connection.cursor()
-        if not durable:
-            # As Database._run_sync: atomic and crash-safe for our process, without the fsync.
-            pragma.execute("PRAGMA synchronous=NORMAL")
+    # Non-durable only when every request is (Database.run_write's durable=False).
+    with write_lock(lock_fd), contextlib.nullcontext() if durable else without_fsync(conn):
         try:
             with conn.begin():
-                for request in group:
-                    if len(group) == 1:
-                        outcomes.append((True, request.fn(conn, *request.args)))
-                        continue
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = request.fn(conn, *request.args)
-                    except Exception as exc:
-                        savepoint.rollback()
-                        outcomes.append((False, exc))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((True, value))
+                if len(group) == 1:  # its failure is the transaction's: no savepoint needed
+                    outcomes.append((True, group[0].fn(conn, *group[0].args)))
+                else:
+                    outcomes = [_in_savepoint(conn, request) for request in group]
         except Exception as exc:  # the transaction (or the one request) failed: nothing committed
             outcomes = [(False, exc)] * len(group)
-        finally:
-            if not durable:
-                pragma.execute("PRAGMA synchronous=FULL")
-            pragma.close()
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
     return [(r, _result_frame(r.request_id, ok, value)) for r, (ok, value) in zip(group, outcomes, strict=True)]
+
+
+def _in_savepoint(conn: sa.Connection, request: _Request) -> tuple[bool, Any]:
+    """Run one request of a group; a failure rolls back its own writes only."""
+    savepoint = conn.begin_nested()
+    try:
+        value = request.fn(conn, *request.args)
+    except Exception as exc:
+        savepoint.rollback()
+        return False, exc
+    savepoint.commit()
+    return True, value
 
 
 def ping(conn: sa.Connection) -> int:
