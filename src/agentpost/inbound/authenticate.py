@@ -41,8 +41,12 @@ from agentpost.proto.authresults import ResInfo
 __all__ = ["DEFAULT_TRUSTED", "AuthResults", "Authenticator", "header_from_domains"]
 
 DEFAULT_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
-_FROM_FIELD: Final = re.compile(r"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-_HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+# Matched only where a line starts with "from" (found with str.find): a MULTILINE/IGNORECASE
+# pattern tried at every offset of a header block with two DKIM signatures cost ~12 us.
+_FROM_FIELD: Final = re.compile(r"from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE)
+# Starts with a literal, so the regex engine skips ahead to each LF; "\r?\n\r?\n" has no
+# literal prefix and was tried at every offset (~20 us a message).
+_HEADER_END: Final = re.compile(rb"\n\r?\n")
 MAX_HEADER_SCAN: Final = 256 * 1024  # the From field is looked for in at most this much header
 
 
@@ -184,12 +188,12 @@ class AuthResults:
 
 def header_from_domains(raw: bytes) -> list[str]:
     """The domains of the RFC5322.From mailboxes, in order, duplicates dropped (at most a few)."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return []
     found = _HEADER_END.search(raw, 0, MAX_HEADER_SCAN)
     head = raw[: found.start() if found else MAX_HEADER_SCAN].decode("utf-8", "replace")
-    if head.startswith(("\r\n", "\n")):
-        return []
     domains: list[str] = []
-    for match in _FROM_FIELD.finditer(head):
+    for match in _from_fields(head):
         for item in split_address_list(match.group(1).replace("\r", "").replace("\n", "")):
             try:
                 domain = domain_of(item)
@@ -200,6 +204,19 @@ def header_from_domains(raw: bytes) -> list[str]:
             if domain and domain not in domains:
                 domains.append(domain)
     return domains[:10]
+
+
+def _from_fields(head: str) -> list[re.Match[str]]:
+    """The From fields of a header block: lines that start with "from" (any case), then a colon."""
+    lowered = "\n" + head.lower()
+    found = []
+    at = lowered.find("\nfrom")
+    while at >= 0:
+        match = _FROM_FIELD.match(head, at)  # ``at`` in ``lowered`` is the line's start in ``head``
+        if match is not None:
+            found.append(match)
+        at = lowered.find("\nfrom", at + 1)
+    return found
 
 
 def _ip_in(ip: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

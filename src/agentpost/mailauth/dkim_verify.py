@@ -89,6 +89,7 @@ _FWS: Final = " \t\r\n"
 _TAG_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # RFC 6376 §3.2 tag-name
 _DIGITS: Final = re.compile(r"[0-9]{1,18}")
 _WSP_RUN: Final = re.compile(r"[ \t\r\n]+")
+_WSP: Final = b" \t\r\n"
 _KEY_TYPES: Final = {"rsa": RSA_SHA256, "ed25519": ED25519_SHA256}
 
 _PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -277,7 +278,7 @@ def _identity(parsed: tuple[dict[str, str], dict[str, tuple[int, int]]]) -> _Ide
         selector=tags.get("s", ""),
         algorithm=tags.get("a", "").lower(),
         identity=tags.get("i", f"@{domain}" if domain else ""),
-        b=_WSP_RUN.sub("", tags.get("b", "")),
+        b=_without_wsp(tags.get("b", "")),
     )
 
 
@@ -453,9 +454,18 @@ def _number(tags: dict[str, str], name: str) -> int | None:
     return int(tags[name])
 
 
+def _without_wsp(value: str) -> str:
+    """``value`` without SP, HTAB, CR and LF (the FWS a base64 tag value may be folded with).
+    bytes.translate deletes them in one C pass, several times faster than re.sub."""
+    try:
+        return value.encode("latin-1").translate(None, _WSP).decode("latin-1")
+    except UnicodeEncodeError:  # a DNS record's text is not confined to latin-1
+        return _WSP_RUN.sub("", value)
+
+
 def _base64(value: str, name: str) -> bytes:
     try:
-        return base64.b64decode(_WSP_RUN.sub("", value), validate=True)
+        return base64.b64decode(_without_wsp(value), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _Invalid(f"{name}= is not base64") from exc
 
@@ -539,7 +549,7 @@ def _load_key_cached(records: tuple[str, ...], key_name: str, algorithm: str) ->
     flags = {flag.strip(_FWS).lower() for flag in tags.get("t", "").split(":")}
     if "p" not in tags:
         raise _Invalid("key record has no p=")
-    data = _WSP_RUN.sub("", tags["p"])
+    data = _without_wsp(tags["p"])
     if not data:
         raise _Invalid("key revoked (empty p=)")  # RFC 6376 §3.6.1, §6.1.2 step 7
     try:

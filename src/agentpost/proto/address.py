@@ -245,6 +245,14 @@ def _parse_bare(addr: str) -> tuple[str, str, str]:
         raise AddressError("address must be a string")
     _check_raw(addr, MAX_MAILBOX)
     text = addr.strip()
+    if text[:1] == "<" and text[-1:] == ">" and text.count("<") == 1 and text.count(">") == 1 and '"' not in text:
+        # A bare "<addr-spec>" (the common From and MAIL FROM form): what parse_address would
+        # take out of the brackets, without its phrase and comment handling.
+        spec = text[1:-1].strip()
+        if "(" not in spec:
+            if spec.startswith("@"):
+                raise AddressError("source routes are not accepted in a mailbox")
+            return _parse_addr_spec(spec)
     if "<" in text or "(" in text:
         parsed = parse_address(text)
         return parsed.local_part, parsed.domain, parsed.domain_unicode
