@@ -87,6 +87,7 @@ class Round:
     elapsed: float
     rss_mb: float | None = None
     note: str = ""
+    machine: str = ""  # the whole machine's CPU over the round (MachineCpu.since)
 
 
 def port_on(ip: str, preferred: int) -> int:
@@ -280,6 +281,7 @@ def postfix_round(args: argparse.Namespace) -> Round:
     with PrivatePostfix(POSTFIX_IP, port, domain=DOMAIN) as pf:
         cmd = smtp_source_cmd(args, *pf.address)
         settle()
+        machine = MachineCpu()
         t0 = time.monotonic()
         src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         n = 0
@@ -308,7 +310,7 @@ def postfix_round(args: argparse.Namespace) -> Round:
                 f"{pf.log_text()[-3000:]}"
             )
         elapsed = done_at - t0
-        return Round("postfix", args.messages / elapsed, elapsed)
+        return Round("postfix", args.messages / elapsed, elapsed, machine=machine.since())
 
 
 # -- agentpost -----------------------------------------------------------------------------------
@@ -321,6 +323,30 @@ def check_agentpost_cli() -> None:
     if r.returncode != 0:
         last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise AgentpostUnavailable(f"`agentpost --help` exited {r.returncode}: {last[0]}")
+
+
+class MachineCpu:
+    """The whole machine's CPU over an interval, from /proc/stat: how busy both cores were and how
+    much time the hypervisor gave to others (steal). Rounds of one run differ by 20-30%; this
+    shows whether a slow round had less machine to use or used more of it per message."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        with open("/proc/stat") as f:
+            # cpu user nice system idle iowait irq softirq steal ...
+            return [int(v) for v in f.readline().split()[1:9]]
+
+    def since(self) -> str:
+        now = self._read()
+        d = [b - a for a, b in zip(self.start, now, strict=True)]
+        total = sum(d) or 1
+        kernel = d[2] + d[5] + d[6]
+        busy = d[0] + d[1] + kernel
+        pct = {name: 100 * ticks / total for name, ticks in (("busy", busy), ("kernel", kernel), ("steal", d[7]))}
+        return f"machine busy {pct['busy']:.0f}% (kernel {pct['kernel']:.0f}%), steal {pct['steal']:.0f}%"
 
 
 class RssSampler(threading.Thread):
@@ -497,6 +523,9 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
         sampler = RssSampler(proc.pid)
         sampler.start()
         settle()
+        tree = [sampler.proc, *sampler.proc.children(recursive=True)]  # serve, MX workers, write process
+        cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree)
+        machine = MachineCpu()
         t0 = time.monotonic()
         try:
             src = subprocess.run(
@@ -508,6 +537,8 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
         except subprocess.TimeoutExpired:
             raise BenchError(f"smtp-source against agentpost took over {args.timeout:.0f} s") from None
         elapsed = time.monotonic() - t0
+        used = machine.since()
+        cpu = sum(sum(p.cpu_times()[:2]) for p in tree) - cpu0
         peak = sampler.finish()
         if src.returncode != 0:
             raise BenchError(
@@ -525,7 +556,8 @@ def agentpost_round(args: argparse.Namespace, dns_port: int | None) -> Round:
         note = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
         if args.auth and verdicts and set(verdicts) != {"pass"}:
             raise BenchError(f"expected every message to pass SPF/DMARC, got verdicts: {note}")
-        return Round("agentpost", args.messages / elapsed, elapsed, peak / MB, note=f"auth: {note}")
+        note = f"auth: {note}; server CPU {cpu / args.messages * 1000:.2f} ms/msg"
+        return Round("agentpost", args.messages / elapsed, elapsed, peak / MB, note=note, machine=used)
     finally:
         if proc is not None and proc.poll() is None:
             try:
@@ -631,7 +663,8 @@ def main() -> int:
             r = postfix_round(args)
             pf_rounds.append(r)
             print(
-                f"round {i} postfix:   {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s until all {args.messages} in Maildir)",
+                f"round {i} postfix:   {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s until all {args.messages} in Maildir; "
+                f"{r.machine})",
                 flush=True,
             )
             if args.postfix_only or unavailable:
@@ -639,7 +672,8 @@ def main() -> int:
             r = agentpost_round(args, nsd.port if nsd else None)
             ap_rounds.append(r)
             print(
-                f"round {i} agentpost: {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s, peak RSS {r.rss_mb:.0f} MB; {r.note})",
+                f"round {i} agentpost: {r.rate:8.1f} msg/s  ({r.elapsed:.2f} s, peak RSS {r.rss_mb:.0f} MB; {r.note}; "
+                f"{r.machine})",
                 flush=True,
             )
     except BenchError as exc:
