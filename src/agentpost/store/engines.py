@@ -97,4 +97,10 @@ def configure_sqlite(engine: sa.Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         mode = "IMMEDIATE" if conn.get_execution_options().get("writer") else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # On the driver's cursor: through exec_driver_sql the BEGIN cost one more full statement
+        # execution of SQLAlchemy's (~60 us here), for every transaction.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(f"BEGIN {mode}")
+        finally:
+            cursor.close()
