@@ -32,7 +32,9 @@
 # foundation issue (loopback trusted: no checks).
 #
 # Rounds alternate (postfix, agentpost, postfix, agentpost, ...) so slow drifts of the machine
-# hit both sides alike; the ratio is taken per round and its median reported.
+# hit both sides alike; the ratio is taken per round and its median reported. Each round also
+# prints the whole machine's CPU over it from /proc/stat (busy, of which kernel, and steal: time
+# the hypervisor gave to other guests) and, for agentpost, the CPU its processes used per message.
 #
 # Exit status: 0 = ran (targets are reported, not enforced); 1 = something crashed or messages
 # were lost; 2 = the agentpost half could not run (e.g. no CLI yet) while the Postfix half did.
