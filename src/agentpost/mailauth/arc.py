@@ -188,6 +188,8 @@ def _finish(check: _Signed, answer: list[str] | DnsError) -> tuple[str, str]:
 def _prepare(raw: bytes) -> ArcResult | _Chain:
     """Collect the sets, check the structure, hash everything: the CPU-bound half, no I/O."""
     header_block, body = _split_message(_crlf_lines(raw))
+    if b"arc-" not in header_block.lower():
+        return ArcResult("none")  # the usual case, without splitting the fields: no name starts with "arc-"
     fields = _split_fields(header_block)
     arc_fields = [i for i, (name, _raw) in enumerate(fields) if name in _KINDS]
     if not arc_fields:

@@ -32,6 +32,7 @@ Choices where the RFC leaves room, so that callers can rely on them:
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -115,6 +116,9 @@ class DmarcResult:
 # --------------------------------------------------------------------------- records
 
 
+# Cached by the record's text: a sender's mail asks for the same record over and over, and a
+# DmarcRecord is immutable.
+@functools.lru_cache(maxsize=4096)
 def parse_record(text: str) -> DmarcRecord | None:
     """The record in one TXT string, or None when it is not a DMARC record (it must start with v=DMARC1)."""
     segments = text.split(";")
