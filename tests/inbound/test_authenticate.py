@@ -171,6 +171,15 @@ def test_header_from_domains() -> None:
     assert header_from_domains(b"Subject: none\r\n\r\n") == []
 
 
+def test_header_from_is_found_after_text_whose_lower_case_is_longer() -> None:
+    # "\u0130".lower() is two characters: offsets taken from a lower-cased copy of the decoded
+    # header would point past the From field, and DMARC would never see the forged domain.
+    raw = ("Subject: " + "\u0130" * 5 + "\r\nFrom: <ceo@victim.example>\r\n\r\nbody").encode()
+    assert header_from_domains(raw) == ["victim.example"]
+    raw = 'From: "J\u00fcrgen \u0130" <j@b\u00fccher.example>\r\n\r\n'.encode()
+    assert header_from_domains(raw) == ["xn--bcher-kva.example"]
+
+
 SPAM_UNAUTH = (model.LABEL_SPAM, model.LABEL_UNAUTHENTICATED)
 UNAUTH = (model.LABEL_UNAUTHENTICATED,)
 

@@ -63,6 +63,17 @@ def test_full_record_is_parsed() -> None:
     )  # fmt: skip
 
 
+def test_a_record_parses_the_same_when_read_again_and_when_too_long_to_be_kept() -> None:
+    short = "v=DMARC1; p=reject; rua=mailto:agg@example.com"
+    assert parse_record(short) is parse_record(short)  # kept: the same immutable record
+    uris = ", ".join(f"mailto:agg{i}@example.com" for i in range(60))
+    long = f"v=DMARC1; p=quarantine; rua={uris}"
+    assert len(long) > 1024
+    record = parse_record(long)
+    assert record is not None and record.p == "quarantine" and len(record.rua) == 60
+    assert parse_record(long) == record and parse_record(long) is not record  # parsed anew each time
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -41,9 +41,10 @@ from agentpost.proto.authresults import ResInfo
 __all__ = ["DEFAULT_TRUSTED", "AuthResults", "Authenticator", "header_from_domains"]
 
 DEFAULT_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
-# Matched only where a line starts with "from" (found with str.find): a MULTILINE/IGNORECASE
-# pattern tried at every offset of a header block with two DKIM signatures cost ~12 us.
-_FROM_FIELD: Final = re.compile(r"from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE)
+# Matched only where a line starts with "from" (found with bytes.find): a MULTILINE/IGNORECASE
+# pattern tried at every offset of a header block with two DKIM signatures cost ~12 us. On the
+# bytes, whose lower() keeps every offset (str.lower() does not: "\u0130" becomes two characters).
+_FROM_FIELD: Final = re.compile(rb"from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE)
 # Starts with a literal, so the regex engine skips ahead to each LF; "\r?\n\r?\n" has no
 # literal prefix and was tried at every offset (~20 us a message).
 _HEADER_END: Final = re.compile(rb"\n\r?\n")
@@ -191,10 +192,13 @@ def header_from_domains(raw: bytes) -> list[str]:
     if raw.startswith((b"\r\n", b"\n")):
         return []
     found = _HEADER_END.search(raw, 0, MAX_HEADER_SCAN)
-    head = raw[: found.start() if found else MAX_HEADER_SCAN].decode("utf-8", "replace")
+    head = raw[: found.start() if found else MAX_HEADER_SCAN]
     domains: list[str] = []
     for match in _from_fields(head):
-        for item in split_address_list(match.group(1).replace("\r", "").replace("\n", "")):
+        # Decoded after matching: UTF-8 never puts an LF byte inside a multi-byte sequence, so
+        # the field's extent is the same in the bytes and in the text.
+        value = match.group(1).decode("utf-8", "replace")
+        for item in split_address_list(value.replace("\r", "").replace("\n", "")):
             try:
                 domain = domain_of(item)
             except AddressError:
@@ -206,16 +210,16 @@ def header_from_domains(raw: bytes) -> list[str]:
     return domains[:10]
 
 
-def _from_fields(head: str) -> list[re.Match[str]]:
+def _from_fields(head: bytes) -> list[re.Match[bytes]]:
     """The From fields of a header block: lines that start with "from" (any case), then a colon."""
-    lowered = "\n" + head.lower()
+    lowered = b"\n" + head.lower()
     found = []
-    at = lowered.find("\nfrom")
+    at = lowered.find(b"\nfrom")
     while at >= 0:
         match = _FROM_FIELD.match(head, at)  # ``at`` in ``lowered`` is the line's start in ``head``
         if match is not None:
             found.append(match)
-        at = lowered.find("\nfrom", at + 1)
+        at = lowered.find(b"\nfrom", at + 1)
     return found
 
 

@@ -43,23 +43,47 @@ class ResInfo:
 
 
 # The sanitisers below are cached: methods, results, property names and most values and comments
-# repeat from message to message, and a regex substitution per token cost ~30 us a header.
-@functools.lru_cache(maxsize=4096)
+# repeat from message to message, and a regex substitution per token cost ~30 us a header. Only
+# short texts are kept, so the caches stay small whatever a sender puts into a reason.
+_CACHED_TEXT: Final = 256
+
+
 def _token(text: str) -> str:
+    return _token_cached(text) if len(text) <= _CACHED_TEXT else _NOT_TOKEN.sub("", text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_cached(text: str) -> str:
     return _NOT_TOKEN.sub("", text)
 
 
-@functools.lru_cache(maxsize=4096)
 def _comment(text: str) -> str:
+    return _comment_cached(text) if len(text) <= _CACHED_TEXT else _comment_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _comment_cached(text: str) -> str:
+    return _comment_text(text)
+
+
+def _comment_text(text: str) -> str:
     text = _NOT_COMMENT.sub("?", _SPACES.sub(" ", text)).strip()
     if len(text) > MAX_COMMENT:
         text = text[: MAX_COMMENT - 3] + "..."
     return f" ({text})" if text else ""
 
 
-@functools.lru_cache(maxsize=4096)
 def _value(text: str) -> str:
     """A property value: a token (or local-part@domain) as is, anything else as a quoted-string."""
+    return _value_cached(text) if len(text) <= _CACHED_TEXT else _value_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _value_cached(text: str) -> str:
+    return _value_text(text)
+
+
+def _value_text(text: str) -> str:
     if text and _NOT_PVALUE.search(text) is None and not text.startswith("@"):
         return text
     cleaned = _NOT_COMMENT.sub("?", text.replace("\\", "?").replace('"', "?"))[:255]
