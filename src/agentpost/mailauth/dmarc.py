@@ -32,7 +32,6 @@ Choices where the RFC leaves room, so that callers can rely on them:
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from typing import Final, Literal
 
 from agentpost.mailauth.dkim_verify import DkimResult
 from agentpost.net.dns import DnsError, Resolver, to_ascii
+from agentpost.proto.memo import short_text_cache
 
 __all__ = [
     "MAX_AUTHOR_DOMAINS",
@@ -116,23 +116,11 @@ class DmarcResult:
 # --------------------------------------------------------------------------- records
 
 
+# Cached by the record's text: a sender's mail asks for the same record over and over, and a
+# DmarcRecord is immutable.
+@short_text_cache(1024)
 def parse_record(text: str) -> DmarcRecord | None:
     """The record in one TXT string, or None when it is not a DMARC record (it must start with v=DMARC1)."""
-    # Cached by the record's text: a sender's mail asks for the same record over and over, and a
-    # DmarcRecord is immutable. Only records of a usual size, so the cache stays small whatever
-    # senders publish.
-    return _parse_record_cached(text) if len(text) <= _CACHED_RECORD else _parse_record(text)
-
-
-_CACHED_RECORD: Final = 1024
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_record_cached(text: str) -> DmarcRecord | None:
-    return _parse_record(text)
-
-
-def _parse_record(text: str) -> DmarcRecord | None:
     segments = text.split(";")
     name, equals, value = segments[0].partition("=")
     # RFC 9989 §4.7: v= MUST be the first tag and its value is case-sensitive; otherwise ignore the record.

@@ -51,6 +51,8 @@ _DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 # RFC 1035 §2.3.1 LDH label, as tightened by RFC 1123 §2.1 (may start with a digit).
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
+# Inside "<...>": what only parse_address handles (another bracket, a quoted string, a comment).
+_NOT_BARE_SPEC = re.compile(r'[<>"(]')
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _WSP = re.compile(r"\s+")
 
@@ -245,14 +247,13 @@ def _parse_bare(addr: str) -> tuple[str, str, str]:
         raise AddressError("address must be a string")
     _check_raw(addr, MAX_MAILBOX)
     text = addr.strip()
-    if text[:1] == "<" and text[-1:] == ">" and text.count("<") == 1 and text.count(">") == 1 and '"' not in text:
+    if text[:1] == "<" and text[-1:] == ">" and not _NOT_BARE_SPEC.search(text, 1, len(text) - 1):
         # A bare "<addr-spec>" (the common From and MAIL FROM form): what parse_address would
         # take out of the brackets, without its phrase and comment handling.
         spec = text[1:-1].strip()
-        if "(" not in spec:
-            if spec.startswith("@"):
-                raise AddressError("source routes are not accepted in a mailbox")
-            return _parse_addr_spec(spec)
+        if spec.startswith("@"):
+            raise AddressError("source routes are not accepted in a mailbox")
+        return _parse_addr_spec(spec)
     if "<" in text or "(" in text:
         parsed = parse_address(text)
         return parsed.local_part, parsed.domain, parsed.domain_unicode

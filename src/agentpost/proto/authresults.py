@@ -12,11 +12,12 @@ not add them); everything else stays byte-exact.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
+
+from agentpost.proto.memo import short_text_cache
 
 __all__ = ["FIELD_NAME", "ResInfo", "authserv_id_of", "build", "remove_ours"]
 
@@ -43,47 +44,26 @@ class ResInfo:
 
 
 # The sanitisers below are cached: methods, results, property names and most values and comments
-# repeat from message to message, and a regex substitution per token cost ~30 us a header. Only
-# short texts are kept, so the caches stay small whatever a sender puts into a reason.
+# repeat from message to message, and a regex substitution per token cost ~30 us a header.
 _CACHED_TEXT: Final = 256
 
 
+@short_text_cache(_CACHED_TEXT)
 def _token(text: str) -> str:
-    return _token_cached(text) if len(text) <= _CACHED_TEXT else _NOT_TOKEN.sub("", text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _token_cached(text: str) -> str:
     return _NOT_TOKEN.sub("", text)
 
 
+@short_text_cache(_CACHED_TEXT)
 def _comment(text: str) -> str:
-    return _comment_cached(text) if len(text) <= _CACHED_TEXT else _comment_text(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _comment_cached(text: str) -> str:
-    return _comment_text(text)
-
-
-def _comment_text(text: str) -> str:
     text = _NOT_COMMENT.sub("?", _SPACES.sub(" ", text)).strip()
     if len(text) > MAX_COMMENT:
         text = text[: MAX_COMMENT - 3] + "..."
     return f" ({text})" if text else ""
 
 
+@short_text_cache(_CACHED_TEXT)
 def _value(text: str) -> str:
     """A property value: a token (or local-part@domain) as is, anything else as a quoted-string."""
-    return _value_cached(text) if len(text) <= _CACHED_TEXT else _value_text(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _value_cached(text: str) -> str:
-    return _value_text(text)
-
-
-def _value_text(text: str) -> str:
     if text and _NOT_PVALUE.search(text) is None and not text.startswith("@"):
         return text
     cleaned = _NOT_COMMENT.sub("?", text.replace("\\", "?").replace('"', "?"))[:255]
