@@ -346,9 +346,11 @@ class MachineCpu:
         d = [b - a for a, b in zip(self.start, now, strict=True)]
         total = sum(d) or 1
         kernel = d[2] + d[5] + d[6]
-        busy = d[0] + d[1] + kernel
-        pct = {name: 100 * ticks / total for name, ticks in (("busy", busy), ("kernel", kernel), ("steal", d[7]))}
-        return f"machine busy {pct['busy']:.0f}% (kernel {pct['kernel']:.0f}%), steal {pct['steal']:.0f}%"
+        busy, steal = d[0] + d[1] + kernel, d[7]
+        return (
+            f"machine busy {100 * busy / total:.0f}% (kernel {100 * kernel / total:.0f}%), "
+            f"steal {100 * steal / total:.0f}%"
+        )
 
 
 class RssSampler(threading.Thread):
