@@ -13,7 +13,7 @@ from agentpost.inbound.authenticate import Authenticator, header_from_domains
 from agentpost.inbound.verdict import DEFAULT_POLICY, InboxPolicy, decide
 from agentpost.mailauth.dkim import RSA_SHA256, DkimKey, DkimSigner, generate_key
 from agentpost.model import Envelope
-from agentpost.net.dns import FakeResolver
+from agentpost.net.dns import CachingResolver, FakeResolver
 from agentpost.proto import codes
 
 HOST = "mx.agentpost.test"
@@ -95,6 +95,22 @@ async def test_aligned_dkim_and_spf_pass_dmarc(key: DkimKey) -> None:
     assert "dkim=pass header.d=signed.example header.s=s1 header.a=rsa-sha256 header.b=" in text
     assert "dmarc=pass (p=reject dis=none) header.from=signed.example" in text
     assert text.endswith("\r\n") and all(len(line) < 998 for line in text.split("\r\n"))
+
+
+@pytest.mark.parametrize("from_domain", ["signed.example", "reject.example", "none.example"])
+async def test_a_warm_cache_gives_the_verdicts_of_a_cold_one(key: DkimKey, from_domain: str) -> None:
+    # Cold: the checks run concurrently; warm (every first question cached): one after the other.
+    fake = FakeResolver(zone(key))
+    authenticator = Authenticator(CachingResolver(fake), HOST, ())
+    raw = message(from_domain)
+    signed = DkimSigner([key]).sign(raw) + raw
+    env = envelope(f"bob@{from_domain}")
+    cold = await authenticator.authenticate(env, signed)
+    asked = len(fake.queries)
+    warm = await authenticator.authenticate(env, signed)
+    assert len(fake.queries) == asked  # nothing asked again
+    assert warm.header() == cold.header()
+    assert warm.as_dict("pass", ()) == cold.as_dict("pass", ())
 
 
 @pytest.mark.parametrize(

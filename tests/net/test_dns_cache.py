@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agentpost.net.dns import CachingResolver, DnsError, FakeResolver, FamilyResolver
+from agentpost.net.dns import CachingResolver, DnsError, FakeResolver, FamilyResolver, answered
 
 
 class Clock:
@@ -65,3 +65,21 @@ async def test_oldest_entries_make_room() -> None:
     for name in ("a.example", "b.example", "c.example", "a.example"):
         await cache.txt(name)
     assert [q[0] for q in fake.queries] == ["a.example", "b.example", "c.example", "a.example"]
+
+
+async def test_answered_only_when_every_question_has_a_fresh_answer() -> None:
+    fake = FakeResolver({"a.example": {"TXT": ["one"]}})
+    clock = Clock()
+    cache = CachingResolver(fake, ttl=60, negative_ttl=5, clock=clock)
+    assert not answered(cache, ["a.example"])
+    await cache.txt("A.example")
+    assert cache.holds("TXT", "a.example") and not cache.holds("MX", "a.example")
+    assert answered(cache, ["a.example"]) and answered(cache, [])
+    assert not answered(cache, ["a.example", "b.example"])
+    await cache.txt("b.example")  # an empty answer is an answer, kept negative_ttl
+    assert answered(cache, ["a.example", "b.example"])
+    clock.now += 10
+    assert not answered(cache, ["a.example", "b.example"]) and answered(cache, ["a.example"])
+    clock.now += 60
+    assert not answered(cache, ["a.example"])
+    assert not answered(fake, [])  # a resolver without a cache always asks

@@ -56,7 +56,7 @@ from agentpost.mailauth.dkim import (
     _relaxed_header,
     _split_message,
 )
-from agentpost.net.dns import DnsError, Resolver
+from agentpost.net.dns import DnsError, Resolver, answered
 
 __all__ = [
     "MAX_HEADER_FIELDS",
@@ -164,7 +164,10 @@ async def verify(
     else:
         checks = _prepare(raw, clock, max_signatures)
     names = sorted({check.key_name for check in checks if isinstance(check, _Pending)})
-    answers = await asyncio.gather(*(_fetch(resolver, name) for name in names))
+    if answered(resolver, names):  # every key is cached: no lookup to overlap
+        answers = [await _fetch(resolver, name) for name in names]
+    else:
+        answers = await asyncio.gather(*(_fetch(resolver, name) for name in names))
     records = dict(zip(names, answers, strict=True))
     verdicts = [check if isinstance(check, _Verdict) else _finish(check, records[check.key_name]) for check in checks]
     all_b = [verdict.who.b for verdict in verdicts]

@@ -304,6 +304,11 @@ class CachingResolver:
                 del self._answers[next(iter(self._answers))]
         self._answers[key] = (self.clock() + (self.ttl if answer else self.negative_ttl), list(answer))
 
+    def holds(self, kind: str, name: str) -> bool:
+        """Whether a fresh answer to this question is kept, so asking it now would not wait."""
+        found = self._answers.get((kind, name.lower()))
+        return found is not None and found[0] > self.clock()
+
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         return await self._lookup("MX", domain, lambda: self.inner.mx(domain))
 
@@ -327,3 +332,14 @@ class CachingResolver:
 
     async def ptr(self, ip: str) -> list[str]:
         return await self._lookup("PTR", ip, lambda: self.inner.ptr(ip))
+
+
+def answered(resolver: Resolver, names: Iterable[str], kind: str = "TXT") -> bool:
+    """Whether ``resolver`` would answer every one of these questions from its cache.
+
+    Mail authentication runs its checks concurrently (asyncio.gather) so that their DNS waits
+    overlap; when nothing would wait, the checks run one after the other instead, which spares a
+    task per check (~10 us each, several per message on the MX's hot path).
+    """
+    return isinstance(resolver, CachingResolver) and all(resolver.holds(kind, name) for name in names)
+
