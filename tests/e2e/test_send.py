@@ -100,6 +100,27 @@ def test_send_reply_reply_all_and_forward_between_hosted_inboxes(
     assert at_carol.attachments and at_carol.attachments[0].filename == "q3.csv"
 
 
+@pytest.mark.parametrize("size", [1_000, 200_000])  # composed on the event loop / in a thread (INLINE_BUILD_BYTES)
+def test_an_attachment_of_any_size_arrives_whole_in_a_signed_message(client: AgentMail, size: int) -> None:
+    content = bytes(range(256)) * (size // 256)
+    sent = client.inboxes.messages.send(
+        A,
+        to=B,
+        subject=f"attachment of {size} bytes",
+        text="attached",
+        attachments=[{"filename": "blob.bin", "content": base64.b64encode(content).decode()}],
+    )
+    received = client.inboxes.messages.get(B, sent.message_id)
+    assert received.attachments and received.attachments[0].size == len(content)
+    raw = httpx.get(client.inboxes.messages.get_raw(A, sent.message_id).download_url).content
+    assert base64.b64encode(content)[:76] in raw
+    records = {r.name: r.value for r in client.domains.get(DOMAIN).records if "._domainkey." in r.name}
+    for index in range(2):
+        assert dkim.DKIM(raw).verify(
+            idx=index, dnsfunc=lambda name, timeout=5: records[name.decode().rstrip(".")].encode()
+        )
+
+
 def test_idempotency_key_returns_the_original_result_and_refuses_a_different_body(client: AgentMail) -> None:
     first = client.inboxes.messages.send(A, to=B, subject="once", text="only once", idempotency_key="k-123")
     again = client.inboxes.messages.send(A, to=B, subject="once", text="only once", idempotency_key="k-123")
