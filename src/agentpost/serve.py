@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from agentpost.api.app import create_app
+from agentpost.api.http_protocol import HttpProtocol
 from agentpost.api.send_route import SendRoute
 from agentpost.config import Config, ConfigError, split_hostport
 from agentpost.inbound.authenticate import Authenticator
@@ -483,6 +484,7 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
             lifespan="on",
             # No X-Forwarded-* rewriting: agentpost does not assume a proxy in front of it.
             proxy_headers=False,
+            http=HttpProtocol,  # a response's head and body in one write
         )
     )
     sockets = [shared_socket(config.http.listen, 8080)] if processes > 1 else None
