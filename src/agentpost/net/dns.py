@@ -342,4 +342,3 @@ def answered(resolver: Resolver, names: Iterable[str], kind: str = "TXT") -> boo
     task per check (~10 us each, several per message on the MX's hot path).
     """
     return isinstance(resolver, CachingResolver) and all(resolver.holds(kind, name) for name in names)
-
