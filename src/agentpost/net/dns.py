@@ -277,7 +277,7 @@ class CachingResolver:
         key = (kind, name.lower())
         found = self._answers.get(key)
         if found is not None:
-            if found[0] > self.clock():
+            if self._fresh(found):
                 return cast(_Answer, list(found[1]))
             del self._answers[key]
         pending = self._pending.get(key)
@@ -304,10 +304,13 @@ class CachingResolver:
                 del self._answers[next(iter(self._answers))]
         self._answers[key] = (self.clock() + (self.ttl if answer else self.negative_ttl), list(answer))
 
+    def _fresh(self, entry: tuple[float, list[Any]]) -> bool:
+        return entry[0] > self.clock()
+
     def holds(self, kind: str, name: str) -> bool:
         """Whether a fresh answer to this question is kept, so asking it now would not wait."""
         found = self._answers.get((kind, name.lower()))
-        return found is not None and found[0] > self.clock()
+        return found is not None and self._fresh(found)
 
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         return await self._lookup("MX", domain, lambda: self.inner.mx(domain))
