@@ -778,6 +778,12 @@ def main() -> int:
         "without it, threads blocked in locks and queues are counted as busy",
     )
     ap.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples per second")
+    ap.add_argument(
+        "--latencies",
+        metavar="FILE",
+        type=Path,
+        help="write each agentpost round's send latencies (seconds, in request order) to FILE as JSON",
+    )
     ap.add_argument("--load-generator", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load_generator:
@@ -848,6 +854,8 @@ def main() -> int:
 
     if pf_rounds:
         print(summary(pf_rounds, ap_rounds, args.concurrency))
+        if args.latencies is not None:
+            args.latencies.write_text(json.dumps([r.latencies for r in ap_rounds]))
     if failed:
         return 1
     if unavailable and not args.postfix_only:

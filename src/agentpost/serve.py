@@ -29,6 +29,7 @@ from agentpost.inbound.checks import Directory, RateLimiter, Route
 from agentpost.inbound.receive import Receiver
 from agentpost.model import Envelope
 from agentpost.net.dns import CachingResolver, DnspythonResolver
+from agentpost.net.smtpclient import load_trust_store
 from agentpost.net.tls import server_context, write_self_signed
 from agentpost.notify.bus import EventBus
 from agentpost.notify.wakeups import LogWatch, link_for
@@ -470,8 +471,24 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
 
     ctx.commit_sent = commit_sent
     ctx.outbound_lifetime = config.outbound.lifetime
+    # What is slow to build (the webhook client imports httpx: ~0.25 s of a blocked event loop;
+    # the CA store; database connections) is built before the MX and HTTP ports open: mail or a
+    # request arriving once they are open must not wait behind it.
+    worker = None
+    if not child:
+        worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
+    load_trust_store()
+    await db.warm()
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
+    outbound = OutboundWorker(
+        db,
+        ctx.bus,
+        DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
+        worker_settings(config),
+        ctx.deliver_local,
+        commit_results,
+    )
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(
         uvicorn.Config(
@@ -496,21 +513,14 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
         await mx.stop()
         await committer.stop()
         await sent_committer.stop()
+        if worker is not None:
+            await worker.stop()
+        await outbound.pool.close()
         await ctx.bus.close()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
-    worker = None
-    if not child:
-        worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
+    if worker is not None:
         worker.start()
-    outbound = OutboundWorker(
-        db,
-        ctx.bus,
-        DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
-        worker_settings(config),
-        ctx.deliver_local,
-        commit_results,
-    )
     outbound.start()
     ctx.outbound = outbound
     log.info(

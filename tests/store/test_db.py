@@ -50,3 +50,14 @@ async def test_a_failing_non_durable_write_rolls_back_and_leaves_the_connection_
     assert await db.run_read(_count) == 0
     if db.is_sqlite:
         assert await db.run_write(_sync_mode) == 2
+
+
+async def test_warm_opens_every_reader_connection_before_the_first_request(db: Any) -> None:
+    from agentpost.store.db import READERS
+
+    await db.warm(connections=3)
+    # One connection per reader thread (each thread opened its own, together), and the pooled
+    # async ones, all idle in their pools now.
+    assert db._read_engine is not None and db._read_engine.pool.checkedin() == READERS
+    assert db.engine.pool.checkedin() >= 3
+    assert await db.run_read(_count) == 0

@@ -155,6 +155,13 @@ def _verified_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def load_trust_store() -> None:
+    """Build the shared TLS client contexts now (reading the CA store blocks for ~20 ms), before
+    the event loop has sessions to serve, rather than in the first delivery."""
+    _verified_context()
+    _unverified_context()
+
+
 def _verifies(context: ssl.SSLContext) -> bool:
     return context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 

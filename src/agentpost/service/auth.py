@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,7 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
     if cached is not None and now - cached[0] < PRINCIPAL_TTL:
         record = cached[1]
     else:
-        async with ctx.db.read() as conn:
-            found = await orgs.find_key_by_hash(conn, digest)
+        found = await _look_up(ctx, digest)
         if found is None:
             ctx.principals.pop(digest, None)
             raise Unauthorized("invalid API key")  # unknown keys are never cached
@@ -84,6 +84,19 @@ async def authenticate(ctx: Context, key: str | None) -> Principal:
     if record.expires_at is not None and record.expires_at.replace(tzinfo=record.expires_at.tzinfo) < utcnow():
         raise Unauthorized("API key expired")
     return Principal(record.organization_id, record.api_key_id, record.inbox_id, record.permissions)
+
+
+async def _look_up(ctx: Context, digest: str) -> orgs.KeyRecord | None:
+    """One read per key at a time: requests that find the same key uncached (a burst after start,
+    or when its record expires under concurrent load) wait for the read already under way
+    instead of each running its own."""
+    pending = ctx.principal_reads.get(digest)
+    if pending is None:
+        pending = asyncio.ensure_future(ctx.db.run_read(orgs.find_key_by_hash_sync, digest))
+        ctx.principal_reads[digest] = pending
+        pending.add_done_callback(lambda _: ctx.principal_reads.pop(digest, None))
+    # Shielded: a caller that goes away (client disconnect) does not cancel the others' read.
+    return await asyncio.shield(pending)
 
 
 def forget_keys(ctx: Context) -> None:

@@ -91,6 +91,7 @@ class Context:
     signer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # API key records by key hash, with when they were read (service/auth.py).
     principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
+    principal_reads: dict[str, asyncio.Future[KeyRecord | None]] = field(default_factory=dict)
     # Cross-process invalidation of ``principals`` and ``senders``/``receiving`` (serve wires a
     # file every process watches; API keys, inboxes and domains changing replace it).
     directory_epoch: Callable[[], object] = lambda: 0

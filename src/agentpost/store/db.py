@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -183,6 +185,26 @@ class Database:
         async with self.engine.connect() as conn:
             async with conn.begin():
                 yield conn
+
+    async def warm(self, connections: int = 4) -> None:
+        """Open every reader thread's connection and ``connections`` pooled async ones now, before
+        the server takes traffic: the first burst of requests would otherwise open them itself,
+        each a thread start, a connect and a schema read, while holding its caller's response."""
+        together = threading.Barrier(READERS)
+
+        def hold(conn: sa.Connection) -> None:
+            conn.execute(sa.text("SELECT 1"))
+            # Each reader thread keeps its connection until all of them have one, so every
+            # thread (not one of them, READERS times) opens its own.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(timeout=10)
+
+        readers = [self.run_read(hold) for _ in range(READERS)]
+        async with AsyncExitStack() as held:
+            for _ in range(connections):
+                conn = await held.enter_async_context(self.engine.connect())
+                await conn.execute(sa.text("SELECT 1"))
+            await asyncio.gather(*readers)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""

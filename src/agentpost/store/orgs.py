@@ -98,7 +98,19 @@ async def find_key(conn: AsyncConnection, key: str) -> KeyRecord | None:
 
 
 async def find_key_by_hash(conn: AsyncConnection, key_hash: str) -> KeyRecord | None:
-    row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
+    return _key_record((await conn.execute(_by_hash(key_hash))).first())
+
+
+def find_key_by_hash_sync(conn: sa.Connection, key_hash: str) -> KeyRecord | None:
+    """``find_key_by_hash`` for ``Database.run_read``: the whole read in one thread hop."""
+    return _key_record(conn.execute(_by_hash(key_hash)).first())
+
+
+def _by_hash(key_hash: str) -> sa.Select[Any]:
+    return sa.select(api_keys).where(api_keys.c.key_hash == key_hash)
+
+
+def _key_record(row: sa.Row[Any] | None) -> KeyRecord | None:
     if row is None:
         return None
     return KeyRecord(row.id, row.organization_id, row.inbox_id, row.permissions, row.expires_at)
