@@ -55,9 +55,38 @@ async def test_a_failing_non_durable_write_rolls_back_and_leaves_the_connection_
 async def test_warm_opens_every_reader_connection_before_the_first_request(db: Any) -> None:
     from agentpost.store.db import READERS
 
-    await db.warm(connections=3)
-    # One connection per reader thread (each thread opened its own, together), and the pooled
-    # async ones, all idle in their pools now.
+    await db.warm()
+    # One connection per reader thread (each thread opened its own, together), idle in the pool now.
     assert db._read_engine is not None and db._read_engine.pool.checkedin() == READERS
-    assert db.engine.pool.checkedin() >= 3
     assert await db.run_read(_count) == 0
+
+
+def test_the_newest_migration_is_found_as_alembic_finds_it() -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from agentpost.store.db import MIGRATIONS, head_revision
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert [head_revision()] == ScriptDirectory.from_config(cfg).get_heads()
+
+
+def test_a_current_database_is_opened_without_loading_alembic(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    # Twice, each in a fresh interpreter: the first migrates a new database, the second finds it current.
+    script = (
+        "import asyncio, sys\n"
+        "from agentpost.store.db import Database\n"
+        "async def main():\n"
+        f"    db = Database({database_url!r})\n"
+        "    await db.migrate()\n"
+        "    await db.close()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (first.stdout.strip(), second.stdout.strip()) == ("True", "False"), first.stderr + second.stderr

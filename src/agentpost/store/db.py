@@ -7,10 +7,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,24 @@ from agentpost.store.write_process import WriteChannel, WriterUnavailable
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
+
+
+# revision = "0013" / down_revision: str | None = "0012" (both alembic templates).
+_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=\n]*)?=\s*['"]?([\w-]+)""", re.MULTILINE)
+
+
+def head_revision() -> str | None:
+    """The newest revision of migrations/versions (the one no other revises), read from the files
+    as alembic would; None if that is not one revision (then alembic decides)."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    files = list((MIGRATIONS / "versions").glob("*.py"))
+    for path in files:
+        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else revised).add(value)
+    heads = revisions - revised
+    # A file whose revision was not understood must not make an older one look newest.
+    return heads.pop() if len(heads) == 1 and len(revisions) == len(files) else None
 
 
 READERS = 4  # reader threads (and pooled connections) for run_read
@@ -186,10 +205,10 @@ class Database:
             async with conn.begin():
                 yield conn
 
-    async def warm(self, connections: int = 4) -> None:
-        """Open every reader thread's connection and ``connections`` pooled async ones now, before
-        the server takes traffic: the first burst of requests would otherwise open them itself,
-        each a thread start, a connect and a schema read, while holding its caller's response."""
+    async def warm(self) -> None:
+        """Open every reader thread's connection now, before the server takes traffic: the first
+        burst of requests would otherwise open them itself (a thread start, a connect and a schema
+        read each) while holding its callers' responses."""
         together = threading.Barrier(READERS)
 
         def hold(conn: sa.Connection) -> None:
@@ -199,15 +218,14 @@ class Database:
             with contextlib.suppress(threading.BrokenBarrierError):
                 together.wait(timeout=10)
 
-        readers = [self.run_read(hold) for _ in range(READERS)]
-        async with AsyncExitStack() as held:
-            for _ in range(connections):
-                conn = await held.enter_async_context(self.engine.connect())
-                await conn.execute(sa.text("SELECT 1"))
-            await asyncio.gather(*readers)
+        await asyncio.gather(*(self.run_read(hold) for _ in range(READERS)))
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest alembic revision."""
+        """Bring the schema to the newest alembic revision. A database already there is recognised
+        without loading alembic: its modules (~8 MB) would stay in the serving process for good."""
+        head = head_revision()
+        if head is not None and await self._revision() == head:
+            return
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
@@ -219,6 +237,13 @@ class Database:
 
         async with self.write() as conn:
             await conn.run_sync(upgrade)
+
+    async def _revision(self) -> str | None:
+        try:
+            async with self.read() as conn:
+                return (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+        except sa.exc.DBAPIError:  # no alembic_version table yet: a new database
+            return None
 
     async def close(self) -> None:
         if self._channel is not None:
