@@ -481,14 +481,6 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
     await db.warm()
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
-    outbound = OutboundWorker(
-        db,
-        ctx.bus,
-        DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
-        worker_settings(config),
-        ctx.deliver_local,
-        commit_results,
-    )
     http_host, http_port = split_hostport(config.http.listen, 8080)
     http = _Uvicorn(
         uvicorn.Config(
@@ -515,12 +507,19 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
         await sent_committer.stop()
         if worker is not None:
             await worker.stop()
-        await outbound.pool.close()
         await ctx.bus.close()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
     if worker is not None:
         worker.start()
+    outbound = OutboundWorker(
+        db,
+        ctx.bus,
+        DnspythonResolver(config.dns.servers, timeout=config.dns.timeout, lifetime=config.dns.timeout * 2),
+        worker_settings(config),
+        ctx.deliver_local,
+        commit_results,
+    )
     outbound.start()
     ctx.outbound = outbound
     log.info(

@@ -8,22 +8,10 @@ from typing import Any
 import pytest
 
 from agentpost.errors import Unauthorized
-from agentpost.notify.bus import EventBus
 from agentpost.service import keys
 from agentpost.service.auth import authenticate
-from agentpost.service.context import Context, Sealer
+from agentpost.service.context import Context
 from agentpost.store import orgs
-
-
-def _context(db: Any) -> Context:
-    return Context(
-        db=db,
-        sealer=Sealer("test-secret-key"),
-        bus=EventBus(),
-        routing_changed=lambda: None,
-        hostname="mx.test",
-        public_url="http://127.0.0.1",
-    )
 
 
 def _count_key_reads(db: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -40,10 +28,11 @@ def _count_key_reads(db: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-async def test_a_burst_of_requests_with_an_uncached_key_reads_it_once(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = _context(db)
+async def test_a_burst_of_requests_with_an_uncached_key_reads_it_once(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     created = await keys.bootstrap_key(ctx)
-    reads = _count_key_reads(db, monkeypatch)
+    reads = _count_key_reads(ctx.db, monkeypatch)
     who = await asyncio.gather(*(authenticate(ctx, created.api_key) for _ in range(20)))
     assert {w.organization_id for w in who} == {who[0].organization_id} and len(who) == 20
     assert len(reads) == 1
@@ -56,11 +45,10 @@ async def test_a_burst_of_requests_with_an_uncached_key_reads_it_once(db: Any, m
 
 
 async def test_every_request_of_a_burst_with_an_unknown_key_is_refused(
-    db: Any, monkeypatch: pytest.MonkeyPatch
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = _context(db)
     await keys.bootstrap_key(ctx)
-    reads = _count_key_reads(db, monkeypatch)
+    reads = _count_key_reads(ctx.db, monkeypatch)
     results = await asyncio.gather(*(authenticate(ctx, "am_not-a-key") for _ in range(8)), return_exceptions=True)
     assert all(isinstance(r, Unauthorized) for r in results)
     assert len(reads) == 1
@@ -70,8 +58,7 @@ async def test_every_request_of_a_burst_with_an_unknown_key_is_refused(
     assert len(reads) == 2
 
 
-async def test_a_caller_that_goes_away_does_not_cancel_the_others_read(db: Any) -> None:
-    ctx = _context(db)
+async def test_a_caller_that_goes_away_does_not_cancel_the_others_read(ctx: Context) -> None:
     created = await keys.bootstrap_key(ctx)
     first = asyncio.create_task(authenticate(ctx, created.api_key))
     second = asyncio.create_task(authenticate(ctx, created.api_key))

@@ -8,9 +8,8 @@ import dkim  # dkimpy, the reference verifier
 import sqlalchemy as sa
 
 from agentpost import schemas
-from agentpost.notify.bus import EventBus
 from agentpost.service import domains, keys
-from agentpost.service.context import Context, Sealer
+from agentpost.service.context import Context
 
 MESSAGE = (
     b"From: Agent <support@keys.example.test>\r\nTo: bob@remote.test\r\nSubject: signed\r\n"
@@ -18,12 +17,7 @@ MESSAGE = (
 )
 
 
-def _context(db: Any) -> Context:
-    return Context(db, Sealer("test-secret-key"), EventBus(), lambda: None, "mx.test", "http://127.0.0.1")
-
-
-async def test_added_domain_publishes_one_rsa_and_one_ed25519_key_that_verify_its_signatures(db: Any) -> None:
-    ctx = _context(db)
+async def test_added_domain_publishes_one_rsa_and_one_ed25519_key_that_verify_its_signatures(ctx: Context) -> None:
     who = await keys.operator(ctx)
     domain, _ = await domains.add(ctx, who, schemas.CreateDomain(domain="keys.example.test"))
     dkim_records = {r.name: r.value for r in domain.records if "._domainkey." in r.name}
@@ -50,8 +44,7 @@ async def test_added_domain_publishes_one_rsa_and_one_ed25519_key_that_verify_it
     assert all(len(part) <= 257 for part in strings.split('" "'))  # <= 255 octets plus quotes
 
 
-async def test_private_keys_are_sealed_at_rest(db: Any) -> None:
-    ctx = _context(db)
+async def test_private_keys_are_sealed_at_rest(db: Any, ctx: Context) -> None:
     who = await keys.operator(ctx)
     domain, _ = await domains.add(ctx, who, schemas.CreateDomain(domain="sealed.example.test"))
     await domains.signer(ctx, domain.domain_id, domain.domain)

@@ -7,20 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentpost import schemas
-from agentpost.notify.bus import EventBus
 from agentpost.service import keys, webhooks
 from agentpost.service.context import Context, Sealer
-
-
-def _context(db: Any) -> Context:
-    return Context(
-        db=db,
-        sealer=Sealer("test-secret-key"),
-        bus=EventBus(),
-        routing_changed=lambda: None,
-        hostname="mx.test",
-        public_url="http://127.0.0.1",
-    )
 
 
 async def _dump(db: Any) -> str:
@@ -33,8 +21,7 @@ async def _dump(db: Any) -> str:
     return "\n".join(parts)
 
 
-async def test_api_keys_and_webhook_secrets_never_reach_the_database_in_clear(db: Any) -> None:
-    ctx = _context(db)
+async def test_api_keys_and_webhook_secrets_never_reach_the_database_in_clear(db: Any, ctx: Context) -> None:
     created = await keys.bootstrap_key(ctx)
     who = await keys.operator(ctx)
     hook = await webhooks.create(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import random
 import time
@@ -18,6 +17,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+
+from agentpost.proto.memo import SharedCalls
 
 
 class DnsError(Exception):
@@ -270,7 +271,7 @@ class CachingResolver:
         self.max_entries = max_entries
         self.clock = clock
         self._answers: dict[tuple[str, str], tuple[float, list[Any]]] = {}
-        self._pending: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
+        self._pending: SharedCalls[tuple[str, str], list[Any]] = SharedCalls()  # one lookup per question
         self._family = isinstance(inner, FamilyResolver)
 
     async def _lookup(self, kind: str, name: str, fetch: Callable[[], Awaitable[_Answer]]) -> _Answer:
@@ -280,22 +281,14 @@ class CachingResolver:
             if self._fresh(found):
                 return cast(_Answer, list(found[1]))
             del self._answers[key]
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = asyncio.ensure_future(self._fetch(fetch))
-            pending.add_done_callback(functools.partial(self._settle, key))
-        # Shielded: one caller giving up (a cancelled SMTP session) does not cancel the others' lookup.
-        return cast(_Answer, list(await asyncio.shield(pending)))
+        return cast(_Answer, list(await self._pending.call(key, lambda: self._fetch(key, fetch))))
 
-    @staticmethod
-    async def _fetch(fetch: Callable[[], Awaitable[_Answer]]) -> list[Any]:
-        return list(await fetch())
+    async def _fetch(self, key: tuple[str, str], fetch: Callable[[], Awaitable[_Answer]]) -> list[Any]:
+        answer = list(await fetch())  # errors are not remembered
+        self._keep(key, answer)
+        return answer
 
-    def _settle(self, key: tuple[str, str], done: asyncio.Future[list[Any]]) -> None:
-        self._pending.pop(key, None)
-        if done.cancelled() or done.exception() is not None:
-            return  # errors are not remembered
-        answer = done.result()
+    def _keep(self, key: tuple[str, str], answer: list[Any]) -> None:
         if len(self._answers) >= self.max_entries:
             now = self.clock()
             for stale in [k for k, (expires, _) in self._answers.items() if expires <= now]:

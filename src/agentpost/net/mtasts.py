@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agentpost.net.dns import DnsError, Resolver, to_ascii
+from agentpost.proto.memo import SharedCalls
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ class PolicyCache:
         self._policies: dict[str, CachedPolicy] = {}
         self._loaded: set[str] = set()  # domains already looked up in the store by this process
         self._checked: dict[str, float] = {}  # domain -> when its TXT record was last asked (monotonic)
-        self._pending: dict[str, asyncio.Task[CachedPolicy | None]] = {}
+        self._pending: SharedCalls[str, CachedPolicy | None] = SharedCalls()  # one discovery per domain
 
     async def policy(self, domain: str) -> CachedPolicy | None:
         """The policy to apply to mail for ``domain``, or None (no policy: deliver as without MTA-STS)."""
@@ -317,12 +318,7 @@ class PolicyCache:
         checked = self._checked.get(domain)
         if checked is not None and self.monotonic() - checked < self.recheck:
             return self._current(domain)
-        task = self._pending.get(domain)
-        if task is None:
-            task = self._pending[domain] = asyncio.ensure_future(self._discover(domain))
-            task.add_done_callback(lambda _: self._pending.pop(domain, None))
-        # Shielded: one delivery giving up does not cancel the lookup the others wait for.
-        return await asyncio.shield(task)
+        return await self._pending.call(domain, lambda: self._discover(domain))
 
     def _current(self, domain: str) -> CachedPolicy | None:
         cached = self._policies.get(domain)

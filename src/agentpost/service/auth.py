@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +89,7 @@ async def _look_up(ctx: Context, digest: str) -> orgs.KeyRecord | None:
     """One read per key at a time: requests that find the same key uncached (a burst after start,
     or when its record expires under concurrent load) wait for the read already under way
     instead of each running its own."""
-    pending = ctx.principal_reads.get(digest)
-    if pending is None:
-        pending = asyncio.ensure_future(ctx.db.run_read(orgs.find_key_by_hash_sync, digest))
-        ctx.principal_reads[digest] = pending
-        pending.add_done_callback(lambda _: ctx.principal_reads.pop(digest, None))
-    # Shielded: a caller that goes away (client disconnect) does not cancel the others' read.
-    return await asyncio.shield(pending)
+    return await ctx.principal_reads.call(digest, lambda: ctx.db.run_read(orgs.find_key_by_hash_sync, digest))
 
 
 def forget_keys(ctx: Context) -> None:

@@ -17,6 +17,7 @@ from agentpost.mailauth.dkim import DkimSigner
 from agentpost.net.dns import Resolver
 from agentpost.notify.bus import EventBus
 from agentpost.outbound.submit import CommitSent, Dispatch, NoWorker
+from agentpost.proto.memo import SharedCalls
 from agentpost.service.dnscheck import DnsSetup
 from agentpost.store.db import Database
 from agentpost.store.orgs import KeyRecord
@@ -91,7 +92,7 @@ class Context:
     signer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # API key records by key hash, with when they were read (service/auth.py).
     principals: dict[str, tuple[float, KeyRecord]] = field(default_factory=dict)
-    principal_reads: dict[str, asyncio.Future[KeyRecord | None]] = field(default_factory=dict)
+    principal_reads: SharedCalls[str, KeyRecord | None] = field(default_factory=SharedCalls)
     # Cross-process invalidation of ``principals`` and ``senders``/``receiving`` (serve wires a
     # file every process watches; API keys, inboxes and domains changing replace it).
     directory_epoch: Callable[[], object] = lambda: 0
