@@ -74,6 +74,22 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
+def ctx(db: Any) -> Any:
+    """A service Context on the test database, as the service tests build it."""
+    from agentpost.notify.bus import EventBus
+    from agentpost.service.context import Context, Sealer
+
+    return Context(
+        db=db,
+        sealer=Sealer("test-secret-key"),
+        bus=EventBus(),
+        routing_changed=lambda: None,
+        hostname="mx.test",
+        public_url="http://127.0.0.1",
+    )
+
+
+@pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[AgentpostServer]:
     """A real `agentpost serve` process, with an organisation API key."""
     srv = AgentpostServer(tmp_path / "data", database_url=database_url if BACKEND == "postgresql" else "")
