@@ -154,8 +154,9 @@ def mx_worker(
     parent_pid: int = typer.Option(0, help="pid of the serve process"),
     ready_fd: int = typer.Option(-1, help="pipe to write one byte to once listening"),
     writer_fd: int = typer.Option(-1, help="socket to the write process"),
+    handover_fd: int = typer.Option(-1, help="socket the serve process hands HTTP connections over"),
 ) -> None:
-    """An extra process on the MX and HTTP ports (started by `serve`; not for direct use)."""
+    """An extra process on the MX port and for HTTP connections (started by `serve`; not for direct use)."""
     from agentpost.serve import run_mx_worker
 
     config = _config()
@@ -163,7 +164,11 @@ def mx_worker(
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(
             run_mx_worker(
-                config, parent_pid or None, ready_fd if ready_fd >= 0 else None, writer_fd if writer_fd >= 0 else None
+                config,
+                parent_pid or None,
+                ready_fd if ready_fd >= 0 else None,
+                writer_fd if writer_fd >= 0 else None,
+                handover_fd if handover_fd >= 0 else None,
             )
         )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from agentpost.api import handover
 from agentpost.api.app import create_app
 from agentpost.api.http_protocol import HttpProtocol
 from agentpost.api.send_route import SendRoute
@@ -174,6 +175,8 @@ class Running:
     scheduler: asyncio.Task[None] | None = None
     # The SQLite write process (store/write_process.py), in the parent process only.
     writer: subprocess.Popen[bytes] | None = None
+    # HTTP connections spread over the processes (api/handover.py): the parent's side or a worker's.
+    handover: handover.Handover | handover.Adoption | None = None
 
 
 def mx_processes(config: Config) -> int:
@@ -280,12 +283,16 @@ async def standalone_context(config: Config) -> AsyncIterator[Context]:
 
 
 def spawn_mx_workers(
-    count: int, writer_ends: list[socket.socket] | None = None, timeout: float = 60.0
+    count: int,
+    writer_ends: list[socket.socket] | None = None,
+    handover_ends: list[socket.socket] | None = None,
+    timeout: float = 60.0,
 ) -> list[subprocess.Popen[bytes]]:
-    """Extra processes on the same ports (they read the same config and environment), started
-    before the parent listens and waited for: clients that connect at once (and keep their
-    connections) are then spread over every process, not only the first one listening.
-    ``writer_ends``: one socket to the write process per worker (handed over, closed here)."""
+    """Extra processes (they read the same config and environment), started before the parent
+    listens and waited for. They share the MX port (SO_REUSEPORT) and serve the HTTP connections
+    the parent hands them (api/handover.py); until a worker is ready it gets none.
+    ``writer_ends``: one socket to the write process per worker; ``handover_ends``: one socket
+    from the parent per worker (both handed over, closed here)."""
     workers: list[subprocess.Popen[bytes]] = []
     ready: list[int] = []
     for n in range(count):
@@ -295,15 +302,18 @@ def spawn_mx_workers(
             "--parent-pid", str(os.getpid()), "--ready-fd", str(write_end),
         ]  # fmt: skip
         fds = [write_end]
-        if writer_ends:
-            command += ["--writer-fd", str(writer_ends[n].fileno())]
-            fds.append(writer_ends[n].fileno())
+        handed = [
+            (flag, ends[n]) for flag, ends in (("--writer-fd", writer_ends), ("--handover-fd", handover_ends)) if ends
+        ]
+        for flag, end in handed:
+            command += [flag, str(end.fileno())]
+            fds.append(end.fileno())
         try:
             workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=fds))
         finally:
             os.close(write_end)
-            if writer_ends:
-                writer_ends[n].close()
+            for _, end in handed:
+                end.close()
         ready.append(read_end)
     deadline = time.monotonic() + timeout
     for proc, read_end in zip(workers, ready, strict=True):
@@ -366,12 +376,16 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 
 async def run_mx_worker(
-    config: Config, parent_pid: int | None = None, ready_fd: int | None = None, writer_fd: int | None = None
+    config: Config,
+    parent_pid: int | None = None,
+    ready_fd: int | None = None,
+    writer_fd: int | None = None,
+    handover_fd: int | None = None,
 ) -> None:
-    """`agentpost mx-worker`: one more process on the MX and HTTP ports, with its own outbound
-    worker; the parent `serve` also runs migrations and the webhook worker."""
+    """`agentpost mx-worker`: one more process on the MX port and for HTTP connections, with its
+    own outbound worker; the parent `serve` also runs migrations and the webhook worker."""
     die_with_parent(parent_pid)
-    running = await start(config, child=True, writer_fd=writer_fd)
+    running = await start(config, child=True, writer_fd=writer_fd, handover_fd=handover_fd)
     freeze_startup_heap()
     signal_ready(ready_fd)
     stopping = asyncio.Event()
@@ -430,13 +444,16 @@ def worker_settings(config: Config) -> WorkerSettings:
     )
 
 
-async def start(config: Config, *, child: bool = False, writer_fd: int | None = None) -> Running:
+async def start(
+    config: Config, *, child: bool = False, writer_fd: int | None = None, handover_fd: int | None = None
+) -> Running:
     """Everything `serve` runs; a ``child`` (an extra process on the same ports) skips
     migrations, spawns nothing and leaves webhooks to the parent."""
     db = Database(config.database_url)
     processes = mx_processes(config)
     workers: list[subprocess.Popen[bytes]] = []
     writer: subprocess.Popen[bytes] | None = None
+    spread: handover.Handover | handover.Adoption | None = None
     loop = asyncio.get_running_loop()
     if not child:
         await db.migrate()
@@ -446,9 +463,18 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
             writer, ends = await loop.run_in_executor(None, write_process.spawn, config.database_url, processes)
             await db.attach_writer(write_process.WriteChannel(ends[0]))
             worker_ends = ends[1:]
-        workers = await loop.run_in_executor(None, spawn_mx_workers, processes - 1, worker_ends)
-    elif writer_fd is not None:
-        await db.attach_writer(write_process.WriteChannel(socket.socket(fileno=writer_fd)))
+        parent_ends, handover_ends = handover.channels(processes - 1)
+        workers = await loop.run_in_executor(None, spawn_mx_workers, processes - 1, worker_ends, handover_ends)
+        if workers:
+            spread = handover.Handover(parent_ends)
+        else:
+            for end in parent_ends:
+                end.close()
+    else:
+        if writer_fd is not None:
+            await db.attach_writer(write_process.WriteChannel(socket.socket(fileno=writer_fd)))
+        if handover_fd is not None:
+            spread = handover.Adoption(socket.socket(fileno=handover_fd))
     directory = Directory(db, tokens=address_tokens(Sealer(config.secret_key)))  # VERP / unsubscribe RCPTs
     ctx = build_context(config, db, directory)
     # Commits in the other processes on this database wake this one's feeds and WebSockets.
@@ -493,10 +519,19 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
             lifespan="on",
             # No X-Forwarded-* rewriting: agentpost does not assume a proxy in front of it.
             proxy_headers=False,
-            http=HttpProtocol,  # a response's head and body in one write
+            # A response's head and body in one write; connections counted for the spread.
+            http=HttpProtocol if spread is None else HttpProtocol.counted(spread),
         )
     )
-    sockets = [shared_socket(config.http.listen, 8080)] if processes > 1 else None
+    # The parent alone listens for HTTP and hands connections to the workers; a worker started
+    # without a socket from the parent (none here) would share the port as the MX does.
+    sockets: list[socket.socket] | None = None
+    if isinstance(spread, handover.Handover):
+        spread.start()
+    elif isinstance(spread, handover.Adoption):
+        sockets = []
+    elif processes > 1:
+        sockets = [shared_socket(config.http.listen, 8080)]
     http_task = asyncio.create_task(http.serve(sockets=sockets), name="http")
     while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.02)
@@ -510,6 +545,10 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
         await ctx.bus.close()
         http_task.result()
         raise RuntimeError(f"HTTP listener on {config.http.listen} did not start")
+    if isinstance(spread, handover.Adoption):
+        spread.start(lambda: http.config.http_protocol_class(  # type: ignore[call-arg]
+            config=http.config, server_state=http.server_state, app_state=http.lifespan.state
+        ))  # fmt: skip
     if worker is not None:
         worker.start()
     outbound = OutboundWorker(
@@ -537,11 +576,14 @@ async def start(config: Config, *, child: bool = False, writer_fd: int | None = 
         rechecks = asyncio.create_task(domain_service.run_rechecks(ctx, config.domains.recheck_interval))
     scheduler = None if child else asyncio.create_task(draft_service.run_scheduled(ctx), name="drafts")
     return Running(
-        ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks, scheduler, writer
-    )
+        ctx, mx, http, http_task, committer, worker, workers, outbound, sent_committer, rechecks, scheduler, writer,
+        spread,
+    )  # fmt: skip
 
 
 async def stop(running: Running) -> None:
+    if running.handover is not None:  # workers stop first: hand them nothing more
+        running.handover.close()
     # Stop taking new mail first, then let the committer finish what it acknowledged.
     await asyncio.get_running_loop().run_in_executor(None, stop_mx_workers, running.mx_workers)
     await running.mx.stop()

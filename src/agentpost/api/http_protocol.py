@@ -1,11 +1,14 @@
-"""The HTTP/1.1 connection protocol: uvicorn's, with each response's head and body sent in one write."""
+"""The HTTP/1.1 connection protocol: uvicorn's, with each response's head and body sent in one
+write, and each connection counted for the spread over serve processes (api/handover.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from agentpost.api.handover import Ledger
 
 
 class _HeadHoldingTransport:
@@ -52,6 +55,41 @@ class _HeadHoldingTransport:
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a transport that writes a response in one piece."""
 
+    ledger: ClassVar[Ledger | None] = None  # set on the subclass `counted` makes
+    _handed = False  # another process serves the connection
+    _counted = False  # the ledger counts it open
+
+    @classmethod
+    def counted(cls, ledger: Ledger) -> type[HttpProtocol]:
+        """The protocol, reporting its connections to ``ledger`` (one per serve process)."""
+        return type("CountedHttpProtocol", (cls,), {"ledger": ledger})
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.ledger is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and not self.ledger.made(sock.fileno()):
+                # Before anything is read: the bytes the client has sent wait in the socket for
+                # the process that has it now. Closing drops only this process's descriptor.
+                self._handed = True
+                transport.close()
+                return
+            self._counted = True
         held: Any = _HeadHoldingTransport(transport, self.loop)
         super().connection_made(held)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handed:
+            return
+        self._uncount()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The WebSocket protocol takes the connection over and sees its end: it leaves the count
+        # now (a WebSocket mostly waits for events; the spread is for request traffic).
+        self._uncount()
+        super().handle_websocket_upgrade()
+
+    def _uncount(self) -> None:
+        if self._counted and self.ledger is not None:
+            self._counted = False
+            self.ledger.lost()
