@@ -42,6 +42,7 @@ from agentpost.outbound.worker import OutboundWorker, WorkerSettings
 from agentpost.proto.mime import MimeLimits
 from agentpost.service import domains as domain_service
 from agentpost.service import drafts as draft_service
+from agentpost.service import sending as sending_service
 from agentpost.service.context import Context, Sealer
 from agentpost.service.dnscheck import DnsSetup
 from agentpost.service.unsubscribe import address_tokens
@@ -498,13 +499,14 @@ async def start(
     ctx.commit_sent = commit_sent
     ctx.outbound_lifetime = config.outbound.lifetime
     # What is slow to build (the webhook client imports httpx: ~0.25 s of a blocked event loop;
-    # the CA store; database connections) is built before the MX and HTTP ports open: mail or a
-    # request arriving once they are open must not wait behind it.
+    # the CA store; database connections; DKIM signers) is built before the MX and HTTP ports
+    # open: mail or a request arriving once they are open must not wait behind it.
     worker = None
     if not child:
         worker = WebhookWorker(db, ctx.bus, config.webhooks, ctx.sealer.unseal)
     load_trust_store()
     await db.warm()
+    await sending_service.prime(ctx)
     mx, committer, receiver = await start_mx(config, db, directory, ctx.bus.published)
     ctx.deliver_local = local_delivery(config, directory, receiver)
     http_host, http_port = split_hostport(config.http.listen, 8080)
