@@ -98,9 +98,12 @@ class Handover:
             socket.send_fds(end, [_HANDED], [fd])
         except BlockingIOError:  # not reading for now: keep this one here
             return False
-        except OSError as exc:
+        except ConnectionError as exc:  # EPIPE, ECONNRESET: the worker has exited
             log.warning("worker process %d takes no more HTTP connections: %s", index, exc)
             self._retire(index)
+            return False
+        except OSError as exc:  # e.g. ETOOMANYREFS, too many descriptors in flight: keep this one
+            log.info("HTTP connection kept in the serve process: %s", exc)
             return False
         return True
 
