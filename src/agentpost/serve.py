@@ -399,24 +399,6 @@ async def run_mx_worker(
         await stop(running)
 
 
-def shared_socket(listen: str, default_port: int) -> socket.socket:
-    """A listening socket that other processes may bind too (SO_REUSEPORT: the kernel spreads
-    new connections over them)."""
-    host, port = split_hostport(listen, default_port)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def worker_settings(config: Config) -> WorkerSettings:
     out = config.outbound
     relay = None
@@ -525,16 +507,11 @@ async def start(
             http=HttpProtocol if spread is None else HttpProtocol.counted(spread),
         )
     )
-    # The parent alone listens for HTTP and hands connections to the workers; a worker started
-    # without a socket from the parent (none here) would share the port as the MX does.
-    sockets: list[socket.socket] | None = None
+    # The parent alone listens for HTTP (it hands connections to the workers); a worker listens
+    # for none of its own.
     if isinstance(spread, handover.Handover):
         spread.start()
-    elif isinstance(spread, handover.Adoption):
-        sockets = []
-    elif processes > 1:
-        sockets = [shared_socket(config.http.listen, 8080)]
-    http_task = asyncio.create_task(http.serve(sockets=sockets), name="http")
+    http_task = asyncio.create_task(http.serve(sockets=[] if child else None), name="http")
     while not http.started and not http_task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.02)
     if http_task.done():

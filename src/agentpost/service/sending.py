@@ -66,12 +66,11 @@ async def prime(ctx: Context) -> None:
     read one inbox's sending facts. A key load costs ~4 ms and a process's first facts read
     ~4 ms more than later ones (its statements compile); the first burst of sends after a start
     waited for both, each send behind the one before (outbound benchmark, first 20 sends)."""
-    found = await ctx.db.run_read(sending.signing_domains, PRIMED_DOMAINS)
-    for signing in found:
+    primer = await ctx.db.run_read(sending.primer, PRIMED_DOMAINS)
+    for signing in primer.signing:
         try:
             await domain_service.signer(ctx, signing.domain_id, signing.domain, signing.keys)
         except Exception as exc:  # a key that does not load fails that domain's sends, not the start
             log.warning("DKIM keys of %s do not load: %s", signing.domain, exc)
-    inbox_id = next((signing.inbox_id for signing in found if signing.inbox_id is not None), None)
-    if inbox_id is not None:
-        await facts(ctx, inbox_id, [inbox_id])
+    if primer.inbox_id is not None:
+        await facts(ctx, primer.inbox_id, [primer.inbox_id])

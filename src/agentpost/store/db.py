@@ -210,11 +210,9 @@ class Database:
         burst of requests would otherwise open them itself (a thread start, a connect and a schema
         read each) while holding its callers' responses."""
         together = threading.Barrier(READERS)
-        # SQLite reads a connection's schema at its first statement that names a table (~0.7 ms).
-        first = sa.text("SELECT 1 FROM sqlite_master LIMIT 1" if self.is_sqlite else "SELECT 1")
 
         def hold(conn: sa.Connection) -> None:
-            conn.execute(first)
+            conn.execute(sa.text("SELECT 1"))
             # Each reader thread keeps its connection until all of them have one, so every
             # thread (not one of them, READERS times) opens its own.
             with contextlib.suppress(threading.BrokenBarrierError):

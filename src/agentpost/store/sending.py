@@ -91,28 +91,30 @@ class SigningDomain:
     domain_id: str
     domain: str
     keys: list[StoredKey]  # active, RSA first (as Sender.keys)
-    inbox_id: str | None  # one of its inboxes, if it has any
 
 
-def signing_domains(conn: sa.Connection, limit: int) -> list[SigningDomain]:
-    """Up to ``limit`` hosted domains with active DKIM keys, the newest first."""
-    signing = sa.select(dkim_keys.c.id).where(dkim_keys.c.domain_id == domains.c.id, dkim_keys.c.status == "active")
+@dataclass(frozen=True, slots=True)
+class Primer:
+    """What a starting process loads before its ports open (service/sending.prime)."""
+
+    signing: list[SigningDomain]  # hosted domains with active DKIM keys, the newest first
+    inbox_id: str | None  # any inbox, for one sending-facts read
+
+
+def primer(conn: sa.Connection, limit: int) -> Primer:
+    """Up to ``limit`` signing domains and any one inbox."""
+    active = sa.select(dkim_keys.c.id).where(dkim_keys.c.domain_id == domains.c.id, dkim_keys.c.status == "active")
     rows = conn.execute(
-        sa.select(domains.c.id, domains.c.domain, domains.c.organization_id)
-        .where(signing.exists())
+        sa.select(domains.c.id, domains.c.domain)
+        .where(active.exists())
         .order_by(domains.c.created_at.desc())
         .limit(limit)
     ).all()
-    found = []
-    for domain_id, domain, organization_id in rows:
-        keys = [StoredKey(*r) for r in conn.execute(_KEYS, {"domain_id": domain_id})]
-        inbox_id = conn.execute(
-            sa.select(inboxes.c.id)
-            .where(inboxes.c.organization_id == organization_id, inboxes.c.domain == domain)
-            .limit(1)
-        ).scalar()
-        found.append(SigningDomain(domain_id, domain, keys, inbox_id))
-    return found
+    signing = [
+        SigningDomain(domain_id, domain, [StoredKey(*r) for r in conn.execute(_KEYS, {"domain_id": domain_id})])
+        for domain_id, domain in rows
+    ]
+    return Primer(signing, conn.execute(sa.select(inboxes.c.id).limit(1)).scalar())
 
 
 def sender(conn: sa.Connection, inbox_id: str) -> Sender | None:

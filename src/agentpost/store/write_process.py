@@ -112,9 +112,6 @@ def serve(url: str, fds: list[int]) -> None:
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(writer=True)
-            # The schema is read at the first statement naming a table: now, not in the first group.
-            conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1").close()
-            conn.rollback()
             while selector.get_map():
                 # Wait only when nothing is pending; otherwise just collect what has arrived.
                 for key, _ in selector.select(timeout=0 if pending else None):
